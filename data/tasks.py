@@ -1,0 +1,76 @@
+"""Task registry: what a dataset provides to the trainer and the model.
+
+Every element a task's source yields (after the task's ``preprocess``) is a dict of
+fixed-shape numpy arrays so that batches stack without further padding:
+
+  ``inputs``:  int32 ``[t]`` token ids (``info.input_kind == "tokens"``) or
+               float32 ``[t, c]`` continuous values (``"continuous"``);
+  ``mask``:    bool ``[t]``, True where the position holds a real token;
+  ``targets``: int32 scalar class id.
+"""
+import dataclasses
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+import ml_collections
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskInfo:
+  """What the model and trainer must know about a task's data."""
+  num_classes: int
+  max_length: int
+  input_kind: str  # "tokens" or "continuous"
+  vocab_size: int | None = None  # for tokens; includes padding id 0
+  input_channels: int | None = None  # for continuous inputs
+  pad_id: int = 0
+
+
+class RandomAccessSource(Protocol):
+
+  def __len__(self) -> int:
+    ...
+
+  def __getitem__(self, index: int) -> Mapping[str, Any]:
+    ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """A dataset the trainer can use.
+
+  Attributes:
+    name: registry name (``config.data.task``).
+    info: function ``config.data -> TaskInfo``.
+    sources: function ``config.data -> {"train"|"validation"|"test": source}``;
+      builds (or generates, per config) the TFDS dataset if it is missing.
+    preprocess: function ``(raw element, config.data) -> element`` as documented
+      in this module's docstring; run inside the grain pipeline.
+  """
+  name: str
+  info: Callable[[ml_collections.ConfigDict], TaskInfo]
+  sources: Callable[[ml_collections.ConfigDict], Mapping[str, RandomAccessSource]]
+  preprocess: Callable[[Mapping[str, Any], ml_collections.ConfigDict], dict]
+  splits: Sequence[str] = ("train", "validation", "test")
+
+
+TASKS: dict[str, Task] = {}
+
+
+def register_task(task: Task) -> Task:
+  if task.name in TASKS and TASKS[task.name] is not task:
+    raise ValueError(f"task {task.name!r} is already registered")
+  TASKS[task.name] = task
+  return task
+
+
+def get_task(name: str) -> Task:
+  _import_builtin_tasks()
+  if name not in TASKS:
+    raise ValueError(f"unknown data.task {name!r}; known tasks: {sorted(TASKS)}")
+  return TASKS[name]
+
+
+def _import_builtin_tasks() -> None:
+  # Imported lazily so that `import data` stays cheap and free of cycles.
+  import data.listops  # noqa: F401
+  import data.pathfinder  # noqa: F401

@@ -1,0 +1,13 @@
+"""Flax Linen modules: sequence mixers and their building blocks.
+
+Every sequence mixer maps ``(batch, length, features) -> (batch, length, features)``
+and takes an optional boolean padding ``mask`` of shape ``(batch, length)`` (True
+for real tokens). Mixers are registered by name so that a config can say
+``model.mixer = "s4"``.
+"""
+from layers.registry import MIXERS, get_mixer, register_mixer
+
+# Importing the modules registers their mixers.
+from layers import s4  # noqa: F401,E402
+
+__all__ = ["MIXERS", "get_mixer", "register_mixer"]

@@ -1,0 +1,129 @@
+"""Sequence classification: encoder, backbone, pooling, linear head.
+
+Token inputs ``[b, t]`` go through an embedding, continuous inputs ``[b, t, c]``
+through a Dense encoder (as the S4 LRA models do for pixels). Pooling:
+  * ``mean``: average over real tokens (the LRA/S4 default);
+  * ``last``: the output at the last real token (for causal mixers);
+  * ``max``:  elementwise max over real tokens;
+  * ``cls``:  a learned token prepended to the sequence; its output is the summary
+    (meaningful for bidirectional mixers, which let it see the whole sequence).
+"""
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+import ml_collections
+
+from models.backbone import Backbone
+
+POOLS = ("mean", "last", "max", "cls")
+
+
+def pool(x, mask, kind: str):
+  """Pools ``x [b, t, d]`` over real positions (``mask [b, t]``) to ``[b, d]``."""
+  m = mask[..., None].astype(x.dtype)
+  if kind == "mean":
+    return (x * m).sum(axis=1) / jnp.maximum(m.sum(axis=1), 1.0)
+  if kind == "max":
+    return jnp.where(mask[..., None], x, jnp.finfo(x.dtype).min).max(axis=1)
+  if kind == "last":
+    last = jnp.maximum(mask.sum(axis=1).astype(jnp.int32) - 1, 0)
+    return jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]
+  if kind == "cls":
+    return x[:, 0]
+  raise ValueError(f"model.pool={kind!r} is not one of {POOLS}")
+
+
+class SequenceClassifier(nn.Module):
+  """Encoder -> Backbone -> pool -> Dense(num_classes)."""
+  num_classes: int
+  input_kind: str  # "tokens" | "continuous"
+  mixer: str
+  mixer_kwargs: dict
+  d_model: int
+  n_layers: int
+  vocab_size: int | None = None
+  prenorm: bool = True
+  norm: str = "layer"
+  dropout: float = 0.0
+  output: str = "glu"
+  ff_mult: int = 0
+  pool: str = "mean"
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, inputs, mask=None, *, train: bool = False):
+    if self.input_kind == "tokens":
+      if self.vocab_size is None:
+        raise ValueError("token inputs need vocab_size")
+      x = nn.Embed(
+          self.vocab_size, self.d_model, dtype=self.dtype,
+          param_dtype=self.param_dtype,
+          embedding_init=nn.with_logical_partitioning(
+              nn.initializers.normal(1.0), ("vocab", "embed")),
+          name="embed")(inputs)
+    elif self.input_kind == "continuous":
+      x = nn.Dense(
+          self.d_model, dtype=self.dtype, param_dtype=self.param_dtype,
+          kernel_init=nn.with_logical_partitioning(
+              nn.initializers.lecun_normal(), (None, "embed")),
+          name="encoder")(inputs)
+    else:
+      raise ValueError(f"{self.input_kind=} is not 'tokens' or 'continuous'")
+    b, t = x.shape[:2]
+    if mask is None:
+      mask = jnp.ones((b, t), dtype=bool)
+    if self.pool == "cls":
+      cls = self.param(
+          "cls", nn.with_logical_partitioning(
+              nn.initializers.normal(0.02), ("embed",)), (self.d_model,),
+          self.param_dtype)
+      x = jnp.concatenate(
+          [jnp.broadcast_to(cls.astype(x.dtype), (b, 1, self.d_model)), x], axis=1)
+      mask = jnp.concatenate([jnp.ones((b, 1), dtype=bool), mask], axis=1)
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    x = Backbone(
+        mixer=self.mixer, mixer_kwargs=self.mixer_kwargs, d_model=self.d_model,
+        n_layers=self.n_layers, prenorm=self.prenorm, norm=self.norm,
+        dropout=self.dropout, output=self.output, ff_mult=self.ff_mult,
+        dtype=self.dtype, param_dtype=self.param_dtype, name="backbone")(
+            x, mask, train=train)
+    x = pool(x, mask, self.pool)
+    logits = nn.Dense(
+        self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=nn.with_logical_partitioning(
+            nn.initializers.lecun_normal(), ("embed", None)),
+        name="head")(x)
+    return logits.astype(jnp.float32)
+
+
+def mixer_kwargs_from_config(model_config: ml_collections.ConfigDict,
+                             max_length: int) -> dict:
+  """The mixer's own sub-config (``model.<mixer>``), with ``l_max`` filled in."""
+  name = model_config.mixer
+  sub = model_config.get(name)
+  kwargs = dict(sub.to_dict() if sub is not None else {})
+  if "l_max" in kwargs and kwargs["l_max"] is None:
+    kwargs["l_max"] = max_length
+  return kwargs
+
+
+def build_model(model_config: ml_collections.ConfigDict, info) -> SequenceClassifier:
+  """Builds the classifier that ``model_config`` describes for a task's ``info``."""
+  max_length = info.max_length + (1 if model_config.pool == "cls" else 0)
+  return SequenceClassifier(
+      num_classes=info.num_classes,
+      input_kind=info.input_kind,
+      vocab_size=info.vocab_size,
+      mixer=model_config.mixer,
+      mixer_kwargs=mixer_kwargs_from_config(model_config, max_length),
+      d_model=model_config.d_model,
+      n_layers=model_config.n_layers,
+      prenorm=model_config.prenorm,
+      norm=model_config.norm,
+      dropout=model_config.dropout,
+      output=model_config.output,
+      ff_mult=model_config.get("ff_mult", 0),
+      pool=model_config.pool,
+  )
