@@ -133,7 +133,7 @@ def test_s4_classifier_padding_invariance(rng, mode, bidirectional):
   cfg = _model_config(
       mixer="s4", d_model=8, n_layers=2, norm="batch", prenorm=False)
   cfg.s4 = ml_collections.ConfigDict(dict(
-      d_state=4, mode=mode, init="legs", bidirectional=bidirectional,
+      d_state=4, mode=mode, ssm_init="legs", bidirectional=bidirectional,
       discretization="zoh", dt_min=1e-3, dt_max=1e-1, l_max=None, rank=1,
       activation="gelu", impl="auto"))
   info = TaskInfo(num_classes=4, max_length=16, input_kind="tokens", vocab_size=7)

@@ -1,0 +1,113 @@
+"""LRA ListOps with S4 (``--config configs/lra_listops.py:PRESET``).
+
+Presets:
+  full: the S4 reference LRA setting. Hyperparameters from state-spaces/s4
+    configs/experiment/lra/s4-listops.yaml (the settings behind the S4 paper's
+    LRA results; Gu et al., 2022, "Efficiently Modeling Long Sequences with
+    Structured State Spaces", Table of LRA hyperparameters): 6 layers,
+    d_model 256, d_state 4, post-norm BatchNorm, no dropout, bidirectional
+    LegS kernels, dt in [1e-3, 1e-1], AdamW lr 0.01, weight decay 0.05,
+    batch 32, 40 epochs, cosine schedule with 12k of 120k steps warmup; A and B
+    at lr 1e-3, dt at the base lr (``lr.dt: null``), all three without weight
+    decay; mean pooling.
+  cpu: 2 layers, d_model 64, short generated sequences; trains on a 2-core CPU
+    in a few minutes.
+  test: tiny, for CI end-to-end tests.
+"""
+import ml_collections
+
+from configs import default
+
+PRESETS = ("full", "cpu", "test")
+
+
+def get_config(preset: str = "full") -> ml_collections.ConfigDict:
+  if preset not in PRESETS:
+    raise ValueError(f"{preset=} is not one of {PRESETS}")
+  config = default.get_config()
+  config.seed = 3333  # train.seed in the reference experiment file.
+
+  data = config.data
+  data.task = "listops"
+  data.max_length = 2000
+  data.batch_size = 32
+  data.eval_batch_size = 64
+  with config.unlocked():
+    # Generator options (data/listops.py GeneratorOptions); None = official.
+    data.listops = ml_collections.ConfigDict()
+    # Keep expressions with min_length < length < max_length (characters of
+    # the source string, as LRA's generator).
+    data.listops.min_length = ml_collections.config_dict.placeholder(int)
+    data.listops.max_length = ml_collections.config_dict.placeholder(int)
+    # Depth limit of the expression trees.
+    data.listops.max_depth = ml_collections.config_dict.placeholder(int)
+
+  model = config.model
+  model.mixer = "s4"
+  model.n_layers = 6
+  model.d_model = 256
+  model.prenorm = False
+  model.norm = "batch"
+  model.dropout = 0.0
+  model.output = "glu"
+  model.pool = "mean"
+  s4 = model.s4
+  s4.d_state = 4
+  s4.mode = "dplr"
+  s4.ssm_init = "legs"
+  s4.bidirectional = True
+  s4.dt_min = 1e-3
+  s4.dt_max = 1e-1
+
+  optim = config.optim
+  optim.learning_rate = 0.01
+  optim.weight_decay = 0.05
+  optim.schedule = "cosine"
+  optim.warmup_steps = 12_000
+  # ListOps trains dt at the base learning rate: only A and B are in "ssm".
+  optim.groups.ssm.pattern = r"(^|/)(A_real|A_imag|P|B)$"
+  optim.groups.ssm.learning_rate = 1e-3
+  optim.groups.ssm.weight_decay = 0.0
+  with config.unlocked():
+    optim.groups.dt = ml_collections.ConfigDict(dict(
+        pattern=r"(^|/)log_dt$",
+        learning_rate=ml_collections.config_dict.placeholder(float),
+        weight_decay=ml_collections.config_dict.FieldReference(
+            0.0, field_type=float)))
+
+  train = config.train
+  train.num_epochs = 40
+  train.log_every_steps = 100
+  train.checkpoint_every_steps = 1000
+
+  if preset == "cpu":
+    data.num_train, data.num_validation, data.num_test = 2000, 200, 200
+    data.max_length = 256
+    data.listops.min_length = 32
+    data.listops.max_length = 256
+    data.listops.max_depth = 6
+    data.eval_batch_size = 40
+    model.n_layers = 2
+    model.d_model = 64
+    optim.warmup_steps = 30
+    train.num_epochs = 5
+    train.log_every_steps = 10
+    train.eval_every_steps = 60
+    train.checkpoint_every_steps = 60
+  elif preset == "test":
+    data.num_train, data.num_validation, data.num_test = 64, 24, 24
+    data.max_length = 64
+    data.listops.min_length = 8
+    data.listops.max_length = 64
+    data.listops.max_depth = 4
+    data.batch_size = 8
+    data.eval_batch_size = 16
+    model.n_layers = 1
+    model.d_model = 16
+    optim.warmup_steps = 2
+    train.num_epochs = 1
+    train.log_every_steps = 2
+    train.eval_every_steps = 4
+    train.checkpoint_every_steps = 4
+    train.progress_bar = False
+  return config

@@ -1,0 +1,306 @@
+"""Checks a config before anything is built or compiled.
+
+Every error is a ``ValueError`` that names the field and its value, e.g.
+``ValueError("model.s4.d_state=63 must be even ...")``.
+"""
+import math
+import re
+from typing import Any
+
+import ml_collections
+
+NORMS = ("layer", "batch")
+OUTPUTS = ("glu", "linear")
+POOLS = ("mean", "last", "max", "cls")
+OPTIMIZERS = ("adamw",)
+SCHEDULES = ("cosine", "constant")
+MESH_AXES = ("data", "fsdp", "tensor", "seq")
+# Mesh axes the batch is split over (config.mesh.logical_axis_rules "batch").
+DATA_PARALLEL_AXES = ("data", "fsdp")
+
+S4_MODES = ("dplr", "diag")
+S4_INITS = ("legs", "lin", "inv")
+S4_DISCRETIZATIONS = ("zoh", "bilinear")
+
+
+def _fail(field: str, value: Any, why: str):
+  raise ValueError(f"{field}={value!r} {why}")
+
+
+def _check_choice(field: str, value: Any, choices) -> None:
+  if value not in choices:
+    _fail(field, value, f"is not one of {tuple(choices)}")
+
+
+def _check_int(field: str, value: Any, *, minimum: int | None = None,
+               optional: bool = False) -> None:
+  if value is None and optional:
+    return
+  if not isinstance(value, int) or isinstance(value, bool):
+    _fail(field, value, "must be an integer")
+  if minimum is not None and value < minimum:
+    _fail(field, value, f"must be >= {minimum}")
+
+
+def _check_float(field: str, value: Any, *, low: float | None = None,
+                 high: float | None = None, low_open: bool = False,
+                 optional: bool = False) -> None:
+  if value is None and optional:
+    return
+  if not isinstance(value, (int, float)) or isinstance(value, bool) or (
+      not math.isfinite(value)):
+    _fail(field, value, "must be a finite number")
+  if low is not None and (value <= low if low_open else value < low):
+    _fail(field, value, f"must be {'>' if low_open else '>='} {low}")
+  if high is not None and value > high:
+    _fail(field, value, f"must be <= {high}")
+
+
+def _describe(shape: dict[str, int]) -> str:
+  return ", ".join(f"mesh.{axis}={size}" for axis, size in shape.items())
+
+
+def mesh_shape(mesh_config: ml_collections.ConfigDict,
+               num_devices: int) -> dict[str, int]:
+  """Resolves ``-1`` in ``config.mesh`` for ``num_devices`` devices.
+
+  A mesh with no ``-1`` axis may be smaller than the machine: it then spans
+  the first devices (e.g. ``mesh.data=1`` for a one-device reference run).
+  """
+  shape = {axis: mesh_config[axis] for axis in MESH_AXES}
+  for axis, size in shape.items():
+    if not isinstance(size, int) or size == 0 or size < -1:
+      _fail(f"mesh.{axis}", size, "must be a positive integer or -1")
+  free = [axis for axis, size in shape.items() if size == -1]
+  if len(free) > 1:
+    raise ValueError(
+        f"only one mesh axis may be -1; got {', '.join(f'mesh.{a}=-1' for a in free)}")
+  fixed = math.prod(size for size in shape.values() if size != -1)
+  if free:
+    if num_devices % fixed:
+      raise ValueError(
+          f"{_describe(shape)} leave no integer size for mesh.{free[0]}=-1 "
+          f"with {num_devices=}")
+    shape[free[0]] = num_devices // fixed
+  if free and math.prod(shape.values()) != num_devices:
+    raise ValueError(
+        f"{_describe(shape)} span {math.prod(shape.values())} devices but "
+        f"{num_devices=}")
+  if math.prod(shape.values()) > num_devices:
+    raise ValueError(
+        f"{_describe(shape)} need {math.prod(shape.values())} devices but "
+        f"only {num_devices=} are available")
+  return shape
+
+
+def _validate_s4(s4: ml_collections.ConfigDict) -> None:
+  _check_int("model.s4.d_state", s4.d_state, minimum=2)
+  if s4.d_state % 2:
+    _fail("model.s4.d_state", s4.d_state,
+          "must be even (the state comes in complex-conjugate pairs)")
+  _check_choice("model.s4.mode", s4.mode, S4_MODES)
+  _check_choice("model.s4.ssm_init", s4.ssm_init, S4_INITS)
+  if s4.mode == "dplr" and s4.ssm_init != "legs":
+    _fail("model.s4.ssm_init", s4.ssm_init,
+          "is not supported with model.s4.mode='dplr' (the normal plus "
+          "low-rank form exists for HiPPO-LegS only; use ssm_init='legs' or "
+          "mode='diag')")
+  _check_choice("model.s4.discretization", s4.discretization,
+                S4_DISCRETIZATIONS)
+  _check_float("model.s4.dt_min", s4.dt_min, low=0.0, low_open=True)
+  _check_float("model.s4.dt_max", s4.dt_max, low=0.0, low_open=True)
+  if s4.dt_min > s4.dt_max:
+    raise ValueError(
+        f"model.s4.dt_min={s4.dt_min!r} must be <= model.s4.dt_max={s4.dt_max!r}")
+  _check_int("model.s4.l_max", s4.l_max, minimum=1, optional=True)
+  _check_int("model.s4.rank", s4.rank, minimum=1)
+  try:
+    from layers import s4 as s4_layer  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    s4_layer = None
+  if s4_layer is not None and hasattr(s4_layer, "ACTIVATIONS"):
+    _check_choice("model.s4.activation", s4.activation,
+                  tuple(s4_layer.ACTIVATIONS))
+  from kernels import Impl  # pylint: disable=g-import-not-at-top
+  _check_choice("model.s4.impl", s4.impl, tuple(i.value for i in Impl))
+
+
+def validate_config(config: ml_collections.ConfigDict, *,
+                    num_devices: int | None = None,
+                    process_count: int = 1,
+                    num_train_examples: int | None = None) -> None:
+  """Raises ``ValueError`` naming the first bad field of ``config``.
+
+  Args:
+    config: the full experiment config.
+    num_devices: devices the mesh spans; when given, the mesh shape and batch
+      divisibility are checked.
+    process_count: number of jax processes (hosts) that load data.
+    num_train_examples: size of the training split; when given (or when
+      ``train.num_steps`` is set) the warmup is checked against the total steps.
+  """
+  # Imported here, not at the top, so that importing configs stays cheap;
+  # importing `layers` registers the built-in mixers.
+  import layers  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  from layers import registry  # pylint: disable=g-import-not-at-top
+
+  _check_int("seed", config.seed, minimum=0)
+
+  # data
+  data = config.data
+  find_task(data.task)
+  for field in ("num_train", "num_validation", "num_test"):
+    _check_int(f"data.{field}", data[field], minimum=1, optional=True)
+  _check_int("data.max_length", data.max_length, minimum=1)
+  _check_int("data.resolution", data.resolution, minimum=1)
+  _check_choice("data.difficulty", data.difficulty,
+                ("easy", "intermediate", "hard"))
+  _check_int("data.batch_size", data.batch_size, minimum=1)
+  _check_int("data.eval_batch_size", data.eval_batch_size, minimum=1)
+  _check_int("data.worker_count", data.worker_count, minimum=0)
+  _check_int("data.generate_workers", data.generate_workers, minimum=1)
+  for field, value in (("data.batch_size", data.batch_size),
+                       ("data.eval_batch_size", data.eval_batch_size)):
+    if value % process_count:
+      _fail(field, value, f"is not divisible by the {process_count=}")
+
+  # model
+  model = config.model
+  if model.mixer not in registry.MIXERS:
+    _fail("model.mixer", model.mixer,
+          f"is not a registered mixer (known: {sorted(registry.MIXERS)})")
+  _check_int("model.d_model", model.d_model, minimum=1)
+  _check_int("model.n_layers", model.n_layers, minimum=1)
+  _check_choice("model.norm", model.norm, NORMS)
+  _check_choice("model.output", model.output, OUTPUTS)
+  _check_choice("model.pool", model.pool, POOLS)
+  _check_float("model.dropout", model.dropout, low=0.0, high=1.0)
+  if model.dropout >= 1.0:
+    _fail("model.dropout", model.dropout, "must be < 1")
+  _check_int("model.ff_mult", model.ff_mult, minimum=0)
+  if not isinstance(model.prenorm, bool):
+    _fail("model.prenorm", model.prenorm, "must be True or False")
+  if model.mixer == "s4":
+    if "s4" not in model:
+      _fail("model.mixer", model.mixer, "needs the sub-config model.s4")
+    _validate_s4(model.s4)
+
+  # optimizer
+  optim = config.optim
+  _check_choice("optim.optimizer", optim.optimizer, OPTIMIZERS)
+  _check_float("optim.learning_rate", optim.learning_rate, low=0.0,
+               low_open=True)
+  _check_float("optim.weight_decay", optim.weight_decay, low=0.0)
+  _check_float("optim.b1", optim.b1, low=0.0, high=1.0)
+  _check_float("optim.b2", optim.b2, low=0.0, high=1.0)
+  _check_float("optim.eps", optim.eps, low=0.0)
+  _check_float("optim.grad_clip_norm", optim.grad_clip_norm, low=0.0,
+               low_open=True, optional=True)
+  _check_choice("optim.schedule", optim.schedule, SCHEDULES)
+  _check_int("optim.warmup_steps", optim.warmup_steps, minimum=0)
+  for name, group in optim.groups.items():
+    prefix = f"optim.groups.{name}"
+    if not isinstance(group, (ml_collections.ConfigDict, dict)):
+      _fail(prefix, group, "must be a dict(pattern, learning_rate, weight_decay)")
+    unknown = set(group.keys()) - {"pattern", "learning_rate", "weight_decay"}
+    if unknown:
+      raise ValueError(f"{prefix} has unknown fields {sorted(unknown)}; "
+                       "expected pattern, learning_rate, weight_decay")
+    pattern = group.get("pattern")
+    if not isinstance(pattern, str) or not pattern:
+      _fail(f"{prefix}.pattern", pattern, "must be a non-empty regex string")
+    try:
+      re.compile(pattern)
+    except re.error as e:
+      _fail(f"{prefix}.pattern", pattern, f"is not a valid regex ({e})")
+    _check_float(f"{prefix}.learning_rate", group.get("learning_rate"),
+                 low=0.0, low_open=True, optional=True)
+    _check_float(f"{prefix}.weight_decay", group.get("weight_decay"),
+                 low=0.0, optional=True)
+
+  # training
+  train = config.train
+  _check_int("train.num_epochs", train.num_epochs, minimum=1)
+  _check_int("train.num_steps", train.num_steps, minimum=1, optional=True)
+  _check_int("train.log_every_steps", train.log_every_steps, minimum=1)
+  _check_int("train.eval_every_steps", train.eval_every_steps, minimum=1,
+             optional=True)
+  _check_int("train.eval_steps", train.eval_steps, minimum=1, optional=True)
+  _check_int("train.checkpoint_every_steps", train.checkpoint_every_steps,
+             minimum=1)
+  if train.checkpoint_every_steps % train.log_every_steps:
+    raise ValueError(
+        f"train.checkpoint_every_steps={train.checkpoint_every_steps} must be a "
+        f"multiple of train.log_every_steps={train.log_every_steps} (a resumed "
+        "run must start at the beginning of a logging window)")
+  _check_int("train.keep_checkpoints", train.keep_checkpoints, minimum=1)
+  _check_int("train.stop_after_step", train.stop_after_step, minimum=1,
+             optional=True)
+  num_steps = total_steps(config, num_train_examples)
+  if num_steps is not None and optim.warmup_steps > num_steps:
+    raise ValueError(
+        f"optim.warmup_steps={optim.warmup_steps} is larger than the total "
+        f"training steps ({num_steps})")
+
+  # mesh
+  for axis in MESH_AXES:
+    if axis not in config.mesh:
+      raise ValueError(f"mesh.{axis} is missing")
+  rules = config.mesh.logical_axis_rules
+  try:
+    for logical, mesh_axes in rules:
+      if not isinstance(logical, str):
+        raise TypeError
+      axes = (mesh_axes,) if mesh_axes is None or isinstance(
+          mesh_axes, str) else tuple(mesh_axes)
+      for axis in axes:
+        if axis is not None and axis not in MESH_AXES:
+          _fail("mesh.logical_axis_rules", rules,
+                f"maps {logical!r} to unknown mesh axis {axis!r} "
+                f"(mesh axes: {MESH_AXES})")
+  except (TypeError, ValueError) as e:
+    if isinstance(e, ValueError):
+      raise
+    _fail("mesh.logical_axis_rules", rules,
+          "must be a sequence of (logical name, mesh axis or axes) pairs")
+  if num_devices is not None:
+    shape = mesh_shape(config.mesh, num_devices)
+    data_parallel = math.prod(shape[a] for a in DATA_PARALLEL_AXES)
+    for field, value in (("data.batch_size", data.batch_size),
+                         ("data.eval_batch_size", data.eval_batch_size)):
+      if value % data_parallel:
+        _fail(field, value,
+              f"is not divisible by the {data_parallel} data-parallel devices "
+              f"(mesh data x fsdp = {shape['data']} x {shape['fsdp']})")
+
+
+def find_task(name: str):
+  """The registered task ``name`` (``config.data.task``)."""
+  from data import tasks  # pylint: disable=g-import-not-at-top
+  if name in tasks.TASKS:  # Registered already (e.g. by a test or notebook).
+    return tasks.TASKS[name]
+  try:
+    return tasks.get_task(name)
+  except ValueError:
+    _fail("data.task", name,
+          f"is not a registered task (known: {sorted(tasks.TASKS)})")
+  except ImportError as e:
+    _fail("data.task", name,
+          f"is not a registered task (known: {sorted(tasks.TASKS)}; importing "
+          f"the built-in task modules failed: {e})")
+
+
+def total_steps(config: ml_collections.ConfigDict,
+                num_train_examples: int | None) -> int | None:
+  """Training steps of the whole run (None if the split size is unknown)."""
+  if config.train.num_steps is not None:
+    return config.train.num_steps
+  if num_train_examples is None:
+    num_train_examples = config.data.num_train
+  if num_train_examples is None:
+    return None
+  steps_per_epoch = num_train_examples // config.data.batch_size
+  if steps_per_epoch == 0:
+    _fail("data.batch_size", config.data.batch_size,
+          f"is larger than the training split ({num_train_examples} examples)")
+  return steps_per_epoch * config.train.num_epochs

@@ -1,0 +1,291 @@
+"""End-to-end tests of train.trainer: learning, exact resume, device count.
+
+A toy task (is token 1 more frequent than token 2?) and a toy mixer keep these
+runs to seconds; the experiment configs' ``test`` presets run the real tasks
+and the S4 model.
+"""
+import importlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import default
+from data import tasks
+from layers import registry
+from train import metrics as metrics_lib
+from train import optim as optim_lib
+from train import trainer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMPILATION_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "longseq_jax")
+TOY_TASK = "toy_majority"
+TOY_MIXER = "toy_cummean"
+TOY_LENGTH = 16
+
+
+class _ToySource:
+  """Sequences of 1s and 2s of random length; target: more 1s than 2s."""
+
+  def __init__(self, n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    self._lengths = rng.integers(3, TOY_LENGTH + 1, size=n)
+    self._tokens = rng.integers(1, 3, size=(n, TOY_LENGTH))
+
+  def __len__(self):
+    return len(self._lengths)
+
+  def __getitem__(self, i):
+    return {"tokens": self._tokens[i, :self._lengths[i]]}
+
+
+def _toy_sources(data_config):
+  return {"train": _ToySource(data_config.num_train, 1),
+          "validation": _ToySource(data_config.num_validation, 2),
+          "test": _ToySource(data_config.num_test, 3)}
+
+
+def _toy_info(data_config):
+  del data_config
+  return tasks.TaskInfo(num_classes=2, max_length=TOY_LENGTH,
+                        input_kind="tokens", vocab_size=3)
+
+
+def _toy_preprocess(raw, data_config):
+  del data_config
+  tokens = np.asarray(raw["tokens"], np.int32)
+  inputs = np.zeros((TOY_LENGTH,), np.int32)
+  inputs[:len(tokens)] = tokens
+  return {"inputs": inputs, "mask": inputs > 0,
+          "targets": np.int32((tokens == 1).sum() > (tokens == 2).sum())}
+
+
+class ToyCumMean(nn.Module):
+  """Causal running mean of a projection; ``log_dt`` exercises the SSM group."""
+  d_model: int
+
+  @nn.compact
+  def __call__(self, x, mask=None, *, deterministic=True):
+    del deterministic
+    log_dt = self.param("log_dt", nn.with_logical_partitioning(
+        nn.initializers.zeros_init(), ("embed",)), (self.d_model,))
+    h = nn.Dense(self.d_model, kernel_init=nn.with_logical_partitioning(
+        nn.initializers.lecun_normal(), ("embed", "mlp")))(x)
+    m = jnp.ones(x.shape[:2], x.dtype) if mask is None else mask.astype(x.dtype)
+    total = jnp.cumsum(h * m[..., None], axis=1)
+    count = jnp.maximum(jnp.cumsum(m, axis=1), 1.0)[..., None]
+    return nn.gelu(total / count * jnp.exp(log_dt)[None, None, :])
+
+
+# Runs in one process compile the same programs: share them through the
+# persistent compilation cache (the 2-core CI machine spends most of a short
+# run compiling).
+jax.config.update("jax_compilation_cache_dir", COMPILATION_CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+if TOY_TASK not in tasks.TASKS:
+  tasks.register_task(tasks.Task(
+      name=TOY_TASK, info=_toy_info, sources=_toy_sources,
+      preprocess=_toy_preprocess))
+if TOY_MIXER not in registry.MIXERS:
+  registry.register_mixer(TOY_MIXER)(ToyCumMean)
+
+
+def toy_config(**train_overrides):
+  config = default.get_config()
+  config.seed = 7
+  config.data.task = TOY_TASK
+  config.data.max_length = TOY_LENGTH
+  config.data.num_train, config.data.num_validation = 256, 40
+  config.data.num_test = 40
+  config.data.batch_size = 16
+  config.data.eval_batch_size = 16  # 40 = 2.5 batches: the last is padded.
+  config.model.mixer = TOY_MIXER
+  config.model.d_model = 16
+  config.model.n_layers = 2
+  config.model.norm = "batch"
+  config.model.prenorm = True
+  config.model.dropout = 0.1
+  config.optim.learning_rate = 1e-2
+  config.optim.weight_decay = 0.01
+  config.optim.warmup_steps = 4
+  config.optim.grad_clip_norm = 1.0
+  config.train.num_steps = 16
+  config.train.progress_bar = False
+  config.train.log_every_steps = 2
+  config.train.checkpoint_every_steps = 4
+  config.train.eval_every_steps = 4
+  for key, value in train_overrides.items():
+    config.train[key] = value
+  config.lock()
+  return config
+
+
+def _records(workdir):
+  records = metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  for r in records:
+    for key in metrics_lib.TIMING_KEYS:
+      r.pop(key, None)
+  return records
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+  """One uninterrupted 16-step toy run on the 8-device mesh, shared by tests."""
+  workdir = tmp_path_factory.mktemp("toy_run")
+  result = trainer.train_and_evaluate(toy_config(), str(workdir))
+  return workdir, result
+
+
+def test_loss_falls_and_outputs_exist(toy_run):
+  workdir, result = toy_run
+  records = _records(workdir)
+  train = [r for r in records if r["split"] == "train"]
+  assert [r["step"] for r in train] == list(range(2, 17, 2))
+  assert train[-1]["loss"] < 0.5 * train[0]["loss"], train
+  val = [r for r in records if r["split"] == "validation"]
+  assert [r["step"] for r in val] == [4, 8, 12, 16]
+  # Eval padding: 40 examples in batches of 16 count each example once.
+  assert all(r["num_examples"] == 40 for r in val)
+  assert val[-1]["accuracy"] > 0.7, val
+  test = json.loads((workdir / "test_metrics.json").read_text())
+  assert test["num_examples"] == 40 and test == result["test"]
+  best_accuracy = max(r["accuracy"] for r in val)
+  best = test["step"]  # The best checkpoint's (ties: any of them).
+  assert [r["accuracy"] for r in val if r["step"] == best] == [best_accuracy]
+  assert os.listdir(workdir / "tensorboard" / "train")
+  # keep_checkpoints=3 of the checkpoints at 4, 8, 12, 16.
+  assert sorted(int(s) for s in os.listdir(workdir / "checkpoints")) == [
+      8, 12, 16]
+  assert [int(s) for s in os.listdir(workdir / "checkpoints_best")] == [best]
+
+
+def test_kill_and_resume_matches_uninterrupted_run(toy_run, tmp_path):
+  uninterrupted, _ = toy_run
+  resumed = tmp_path / "resumed"
+  # "Killed" after step 10: the last checkpoint is step 8; the evaluation and
+  # logs of steps 9-10 are redone by the second run.
+  first = trainer.train_and_evaluate(toy_config(stop_after_step=10),
+                                     str(resumed))
+  assert first["step"] == 10 and "test" not in first
+  assert not (resumed / "test_metrics.json").exists()
+  assert max(r["step"] for r in _records(resumed)) == 10
+  trainer.train_and_evaluate(toy_config(), str(resumed))
+  assert _records(uninterrupted) == _records(resumed)
+  assert (json.loads((uninterrupted / "test_metrics.json").read_text())
+          == json.loads((resumed / "test_metrics.json").read_text()))
+
+
+@pytest.mark.parametrize("mesh", [
+    dict(data=1),  # One device (the first).
+    dict(data=2, fsdp=2, tensor=2),  # Parameters split too.
+], ids=["one_device", "data2_fsdp2_tensor2"])
+def test_mesh_shapes_agree_with_eight_way_data_parallel(toy_run, tmp_path, mesh):
+  eight, _ = toy_run
+  assert len(jax.devices()) == 8
+  config = toy_config()
+  with config.unlocked():
+    config.mesh.update(mesh)
+  trainer.train_and_evaluate(config, str(tmp_path / "run"))
+  other = [(r["step"], r["split"], r["loss"]) for r in _records(tmp_path / "run")]
+  eight = [(r["step"], r["split"], r["loss"]) for r in _records(eight)]
+  assert [r[:2] for r in other] == [r[:2] for r in eight]
+  np.testing.assert_allclose([r[2] for r in other], [r[2] for r in eight],
+                             rtol=1e-5)
+
+
+def test_optimizer_groups_follow_patterns():
+  config = toy_config()
+  params = {"backbone": {"block_0": {"mixer": {
+      "log_dt": jnp.zeros(2), "Dense_0": {"kernel": jnp.ones((2, 2)),
+                                          "bias": jnp.zeros(2)}}},
+      "norm": {"scale": jnp.ones(2)}}, "head": {"B_proj": jnp.ones(2)}}
+  labels = optim_lib.param_labels(params, optim_lib.group_patterns(config.optim))
+  assert labels["backbone"]["block_0"]["mixer"]["log_dt"] == "ssm"
+  assert labels["backbone"]["block_0"]["mixer"]["Dense_0"]["kernel"] == "default"
+  assert labels["backbone"]["block_0"]["mixer"]["Dense_0"]["bias"] == "no_decay"
+  assert labels["backbone"]["norm"]["scale"] == "no_decay"
+  # A name that merely contains "B" is not an SSM parameter.
+  assert labels["head"]["B_proj"] == "default"
+  with pytest.raises(ValueError, match="optim.groups.ssm.pattern"):
+    optim_lib.param_labels(params, {"ssm": "log_dt", "other": "dt$"})
+
+  # Each group's learning rate and weight decay reach its parameters: with a
+  # zero gradient, one AdamW step only decays (lr * wd * p).
+  with config.unlocked():
+    config.optim.groups.ssm.learning_rate = 0.5
+    config.optim.groups.ssm.weight_decay = 0.2
+    config.optim.warmup_steps = 0
+    config.optim.schedule = "constant"
+    config.optim.grad_clip_norm = None
+  tx, _, _ = optim_lib.make_optimizer(config.optim, total_steps=10)
+  params = {"mixer": {"log_dt": jnp.ones(2), "kernel": jnp.ones(2),
+                      "bias": jnp.ones(2)}}
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = tx.update(zeros, tx.init(params), params)
+  np.testing.assert_allclose(updates["mixer"]["log_dt"], -0.5 * 0.2, rtol=1e-6)
+  np.testing.assert_allclose(updates["mixer"]["kernel"], -1e-2 * 0.01, rtol=1e-6)
+  np.testing.assert_allclose(updates["mixer"]["bias"], 0.0)
+
+
+def _module_missing(name):
+  try:
+    return importlib.util.find_spec(name) is None
+  except ModuleNotFoundError:
+    return True
+
+
+# ListOps's test preset runs through the command line below.
+@pytest.mark.parametrize("experiment", ["lra_pathfinder", "lra_pathx"])
+def test_experiment_test_preset_trains(experiment, tmp_path):
+  module = {"lra_listops": "data.listops", "lra_pathfinder": "data.pathfinder",
+            "lra_pathx": "data.pathfinder"}[experiment]
+  if _module_missing(module):
+    pytest.skip(f"{module} has not landed yet")
+  importlib.import_module(module)  # Registers the task.
+  config_module = importlib.import_module(f"configs.{experiment}")
+  config = config_module.get_config("test")
+  with config.unlocked():
+    config.data.data_dir = str(tmp_path / "tfds")
+    config.train.num_steps = 2
+    config.train.eval_every_steps = 2
+    config.train.checkpoint_every_steps = 2
+    config.train.log_every_steps = 1
+    config.optim.warmup_steps = 1
+  config.lock()
+  result = trainer.train_and_evaluate(config, str(tmp_path / "run"))
+  assert result["step"] == 2
+  assert np.isfinite(result["validation"]["loss"])
+  assert np.isfinite(result["test"]["accuracy"])
+
+
+
+def test_command_line_run_with_overrides(tmp_path):
+  """The README's command: flags, preset, overrides, outputs in the workdir."""
+  if _module_missing("data.listops"):
+    pytest.skip("data.listops has not landed yet")
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu",
+             JAX_COMPILATION_CACHE_DIR=COMPILATION_CACHE,
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  workdir = tmp_path / "run"
+  proc = subprocess.run(
+      [sys.executable, "-m", "train", "--config=configs/lra_listops.py:test",
+       f"--workdir={workdir}", f"--config.data.data_dir={tmp_path / 'tfds'}",
+       "--config.train.num_steps=2", "--config.train.log_every_steps=1",
+       "--config.train.eval_every_steps=2",
+       "--config.train.checkpoint_every_steps=2",
+       "--config.optim.warmup_steps=1", "--config.model.d_model=8"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  records = _records(workdir)
+  assert [(r["step"], r["split"]) for r in records] == [
+      (1, "train"), (2, "train"), (2, "validation"), (2, "test")]
+  test = json.loads((workdir / "test_metrics.json").read_text())
+  assert test["step"] == 2 and 0.0 <= test["accuracy"] <= 1.0

@@ -1,0 +1,354 @@
+"""Training and evaluation loop: ``train_and_evaluate(config, workdir)``.
+
+The run directory ``workdir`` holds::
+
+  checkpoints/        latest checkpoints (train.keep_checkpoints of them)
+  checkpoints_best/   the checkpoint with the best validation accuracy
+  metrics.jsonl       one JSON record per log / evaluation
+  tensorboard/<split> TensorBoard event files
+  test_metrics.json   the best checkpoint's test metrics (written at the end)
+
+A checkpoint holds the train state (step, params, batch statistics, optimizer
+state), the dropout key and the data iterator's position, so a run killed
+after any step and started again with the same command continues from its
+last checkpoint and logs exactly what an uninterrupted run logs.
+"""
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import flax
+import flax.linen as nn
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import tqdm
+
+import models
+from configs import validate
+from data import pipeline
+from train import metrics as metrics_lib
+from train import optim as optim_lib
+from train import partitioning
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a training step updates (a pytree)."""
+  step: jax.Array  # int32 scalar: optimizer steps taken.
+  params: Any
+  batch_stats: Any  # BatchNorm running statistics ({} without BatchNorm).
+  opt_state: Any
+
+
+def _weighted_classification(logits, targets, weight):
+  """Sums of weighted cross-entropy and correct predictions, and the weight."""
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+  correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+  return (jnp.sum(ce * weight), jnp.sum(correct * weight), jnp.sum(weight))
+
+
+def _variables(state: TrainState) -> dict:
+  variables = {"params": state.params}
+  if state.batch_stats:
+    variables["batch_stats"] = state.batch_stats
+  return variables
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation):
+  """``train_step(state, batch, rng) -> (state, metrics)``, a pure function.
+
+  Dropout uses ``fold_in(rng, state.step)``, so the randomness of a step
+  depends only on the run's key and the step number.
+  """
+
+  def train_step(state: TrainState, batch: dict, rng: jax.Array):
+    step_rng = jax.random.fold_in(rng, state.step)
+
+    def loss_fn(params):
+      variables = _variables(state.replace(params=params))
+      logits, updates = model.apply(
+          variables, batch["inputs"], batch["mask"], train=True,
+          rngs={"dropout": step_rng}, mutable=["batch_stats"])
+      loss_sum, correct, count = _weighted_classification(
+          logits, batch["targets"], batch["weight"])
+      count = jnp.maximum(count, 1.0)
+      return loss_sum / count, (updates, correct / count)
+
+    (loss, (updates, accuracy)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state.params)
+    param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new_state = state.replace(
+        step=state.step + 1,
+        params=optax.apply_updates(state.params, param_updates),
+        batch_stats=updates.get("batch_stats", state.batch_stats),
+        opt_state=opt_state)
+    metrics = {"loss": loss, "accuracy": accuracy,
+               "grad_norm": optax.global_norm(grads)}
+    return new_state, metrics
+
+  return train_step
+
+
+def make_eval_step(model: nn.Module):
+  """``eval_step(state, batch) -> sums`` (padding rows have weight 0)."""
+
+  def eval_step(state: TrainState, batch: dict):
+    logits = model.apply(_variables(state), batch["inputs"], batch["mask"],
+                         train=False)
+    loss_sum, correct, count = _weighted_classification(
+        logits, batch["targets"], batch["weight"])
+    return {"loss_sum": loss_sum, "correct": correct, "count": count}
+
+  return eval_step
+
+
+def evaluate(eval_step, state: TrainState, batches, sharding,
+             max_steps: int | None = None) -> dict[str, float]:
+  """Weighted mean loss and accuracy over ``batches`` (each example once)."""
+  sums = None
+  for i, batch in enumerate(batches):
+    if max_steps is not None and i >= max_steps:
+      break
+    out = eval_step(state, partitioning.global_batch(batch, sharding))
+    sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+  if sums is None:
+    raise ValueError("evaluation saw no batch")
+  sums = jax.device_get(sums)
+  count = float(sums["count"])
+  return {"loss": float(sums["loss_sum"]) / count,
+          "accuracy": float(sums["correct"]) / count,
+          "num_examples": count}
+
+
+def _unbox_without_constraints(tree):
+  """Strips logical-axis boxes (also from abstract values, which
+  ``nn.unbox`` would try to constrain)."""
+  is_box = lambda x: isinstance(x, flax.core.meta.AxisMetadata)
+  return jax.tree.map(
+      lambda x: x.unbox(apply_constraint=False) if is_box(x) else x, tree,
+      is_leaf=is_box)
+
+
+def _abstract(tree, shardings):
+  return jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      tree, shardings)
+
+
+def _checkpoint_manager(directory: str, *, max_to_keep: int,
+                        best: bool) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep,
+      best_fn=(lambda m: m["accuracy"]) if best else None,
+      best_mode="max",
+      keep_checkpoints_without_metrics=not best,
+      create=True)
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       *, devices=None) -> dict[str, Any]:
+  """Trains ``config``'s model on its task, evaluating and checkpointing.
+
+  Args:
+    config: a config as configs/default.py describes (validated here).
+    workdir: the run directory; an existing checkpoint there is resumed.
+    devices: devices for the mesh (default: all of ``jax.devices()``).
+
+  Returns:
+    ``{"step", "validation": last validation metrics, "test": test metrics}``.
+  """
+  if devices is None:
+    devices = jax.devices()
+  validate.validate_config(config, num_devices=len(devices),
+                           process_count=jax.process_count())
+  is_main = jax.process_index() == 0
+
+  # Data and model.
+  task = validate.find_task(config.data.task)
+  info = task.info(config.data)
+  sources = task.sources(config.data)
+  num_train = len(sources["train"])
+  validate.validate_config(config, num_devices=len(devices),
+                           process_count=jax.process_count(),
+                           num_train_examples=num_train)
+  steps_per_epoch = pipeline.steps_per_epoch(num_train, config.data.batch_size)
+  total_steps = validate.total_steps(config, num_train)
+  eval_every = config.train.eval_every_steps or steps_per_epoch
+
+  model = models.build_model(config.model, info)
+  tx, schedules, _ = optim_lib.make_optimizer(config.optim, total_steps)
+
+  mesh = partitioning.make_mesh(config.mesh, devices)
+  rules = partitioning.axis_rules(config.mesh)
+  data_sharding = partitioning.batch_sharding(mesh, rules)
+  data_parallel = partitioning.data_parallel_size(mesh, rules)
+  for field in ("batch_size", "eval_batch_size"):
+    if config.data[field] % data_parallel:  # Rules may split "batch" anew.
+      raise ValueError(
+          f"data.{field}={config.data[field]} is not divisible by the "
+          f"{data_parallel} devices that mesh.logical_axis_rules split the "
+          "batch over")
+  replicated = partitioning.replicated(mesh)
+  spec = pipeline.element_spec(task, config.data, sources["train"])
+
+  root_rng = jax.random.key(config.seed)
+  init_rng, dropout_rng = jax.random.split(root_rng)
+
+  def init_variables(rng):
+    inputs = jnp.zeros((1,) + spec["inputs"].shape, spec["inputs"].dtype)
+    mask = jnp.ones((1,) + spec["mask"].shape, bool)
+    params_rng, dropout_init_rng = jax.random.split(rng)
+    return model.init({"params": params_rng, "dropout": dropout_init_rng},
+                      inputs, mask, train=False)
+
+  with partitioning.mesh_context(mesh, rules):
+    boxed = jax.eval_shape(init_variables, init_rng)
+    var_shardings = partitioning.variables_sharding(boxed, mesh, rules)
+    abstract_vars = _unbox_without_constraints(boxed)
+    params_sharding = var_shardings["params"]
+    abstract_opt = jax.eval_shape(tx.init, abstract_vars["params"])
+    opt_sharding = partitioning.like_params_sharding(
+        abstract_opt, abstract_vars["params"], params_sharding, replicated)
+    state_sharding = TrainState(
+        step=replicated, params=params_sharding,
+        batch_stats=var_shardings.get("batch_stats", {}),
+        opt_state=opt_sharding)
+
+    def create_state(rng):
+      variables = nn.unbox(init_variables(rng))
+      params = variables["params"]
+      return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                        batch_stats=variables.get("batch_stats", {}),
+                        opt_state=tx.init(params))
+
+    abstract_state = _abstract(jax.eval_shape(create_state, init_rng),
+                               state_sharding)
+    train_step = jax.jit(
+        make_train_step(model, tx),
+        in_shardings=(state_sharding, data_sharding, replicated),
+        out_shardings=(state_sharding, replicated), donate_argnums=(0,))
+    eval_step = jax.jit(make_eval_step(model),
+                        in_shardings=(state_sharding, data_sharding),
+                        out_shardings=replicated)
+
+    train_iter = pipeline.make_train_iterator(
+        task, config.data, seed=config.seed, source=sources["train"])
+    val_batches = pipeline.make_eval_iterable(
+        task, config.data, "validation", source=sources["validation"])
+
+    # Checkpoints: resume if there is one.
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    best_dir = os.path.join(workdir, "checkpoints_best")
+    manager = _checkpoint_manager(
+        ckpt_dir, max_to_keep=config.train.keep_checkpoints, best=False)
+    best_manager = _checkpoint_manager(best_dir, max_to_keep=1, best=True)
+    latest = manager.latest_step()
+    if latest is None:
+      state = jax.jit(create_state, out_shardings=state_sharding)(init_rng)
+    else:
+      logging.info("resuming from %s step %d", ckpt_dir, latest)
+      restored = manager.restore(latest, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state),
+          data=grain.checkpoint.CheckpointRestore(train_iter),
+          meta=ocp.args.JsonRestore()))
+      state = restored["state"]
+      dropout_rng = jax.random.wrap_key_data(
+          np.asarray(restored["meta"]["dropout_rng"], np.uint32))
+    start_step = int(jax.device_get(state.step))
+    # Best-by-validation checkpoints the interrupted run wrote after the
+    # checkpoint it resumes from are redone by this run.
+    for step in best_manager.all_steps():
+      if step > start_step:
+        best_manager.delete(step)
+
+    writer = metrics_lib.MetricWriter(
+        workdir, resume_step=None if latest is None else start_step,
+        enabled=is_main)
+
+    def save(manager_, step, metrics=None, with_data=True):
+      items = {"state": ocp.args.StandardSave(state)}
+      if with_data:
+        items["data"] = grain.checkpoint.CheckpointSave(train_iter)
+        items["meta"] = ocp.args.JsonSave({
+            "dropout_rng": np.asarray(
+                jax.random.key_data(dropout_rng)).tolist(),
+            "seed": config.seed})
+      manager_.save(step, args=ocp.args.Composite(**items), metrics=metrics,
+                    force=True)
+
+    validation = None
+    sums, window, window_start = None, 0, time.perf_counter()
+    stop_after = config.train.stop_after_step
+    bar = tqdm.tqdm(total=total_steps, initial=start_step, unit="step",
+                    disable=not (config.train.progress_bar and is_main))
+    try:
+      for step in range(start_step + 1, total_steps + 1):
+        batch = partitioning.global_batch(next(train_iter), data_sharding)
+        state, step_metrics = train_step(state, batch, dropout_rng)
+        sums = step_metrics if sums is None else jax.tree.map(
+            jnp.add, sums, step_metrics)
+        window += 1
+        bar.update(1)
+
+        if step % config.train.log_every_steps == 0 or step == total_steps:
+          means = {k: float(v) / window for k, v in jax.device_get(sums).items()}
+          means["learning_rate"] = float(
+              schedules[optim_lib.DEFAULT_GROUP](step - 1))
+          means["epoch"] = step / steps_per_epoch
+          elapsed = time.perf_counter() - window_start
+          means["steps_per_second"] = window / max(elapsed, 1e-9)
+          writer.write(step, "train", means)
+          bar.set_postfix(loss=f"{means['loss']:.4f}",
+                          acc=f"{means['accuracy']:.3f}")
+          sums, window, window_start = None, 0, time.perf_counter()
+
+        if step % eval_every == 0 or step == total_steps:
+          validation = evaluate(eval_step, state, val_batches, data_sharding,
+                                config.train.eval_steps)
+          writer.write(step, "validation", validation)
+          save(best_manager, step, {"accuracy": validation["accuracy"]},
+               with_data=False)
+
+        if stop_after is not None and step >= stop_after:
+          logging.info("stopping after step %d (train.stop_after_step)", step)
+          break
+        if (step % config.train.checkpoint_every_steps == 0
+            or step == total_steps):
+          save(manager, step)
+    finally:
+      bar.close()
+      manager.wait_until_finished()
+      best_manager.wait_until_finished()
+      train_iter.close()  # Stops grain's worker processes, if any.
+      writer.flush()
+
+    result = {"step": int(jax.device_get(state.step)), "validation": validation}
+    finished = result["step"] >= total_steps
+    if finished and config.train.test_at_end:
+      best_step = best_manager.best_step()
+      test_state = state
+      if best_step is not None:
+        test_state = best_manager.restore(best_step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state)))["state"]
+      test_batches = pipeline.make_eval_iterable(
+          task, config.data, "test", source=sources["test"])
+      test = evaluate(eval_step, test_state, test_batches, data_sharding)
+      # The step is the evaluated checkpoint's (the best validation one).
+      writer.write(int(jax.device_get(test_state.step)), "test", test)
+      test["step"] = int(jax.device_get(test_state.step))
+      if is_main:
+        with open(os.path.join(workdir, "test_metrics.json"), "w") as f:
+          json.dump(test, f, indent=2)
+      result["test"] = test
+    writer.close()
+    manager.close()
+    best_manager.close()
+    return result
