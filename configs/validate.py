@@ -123,6 +123,12 @@ def _validate_s4(s4: ml_collections.ConfigDict) -> None:
                   tuple(s4_layer.ACTIVATIONS))
   from kernels import Impl  # pylint: disable=g-import-not-at-top
   _check_choice("model.s4.impl", s4.impl, tuple(i.value for i in Impl))
+  if s4.impl == Impl.PALLAS.value:
+    import jax  # pylint: disable=g-import-not-at-top
+    if jax.default_backend() == "cpu":
+      _fail("model.s4.impl", s4.impl,
+            "needs a GPU or TPU; on a CPU use 'xla', 'auto' or "
+            "'pallas_interpret'")
 
 
 def validate_config(config: ml_collections.ConfigDict, *,

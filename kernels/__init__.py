@@ -26,8 +26,18 @@ class Impl(str, enum.Enum):
   PALLAS_INTERPRET = "pallas_interpret"
 
 
-def resolve_impl(impl: "Impl | str", *, has_pallas: bool = True) -> Impl:
-  """Resolves ``Impl.AUTO`` for the default backend; validates strings."""
+def resolve_impl(impl: "Impl | str", *, has_pallas: bool = True,
+                 auto_pallas: bool = True) -> Impl:
+  """Resolves ``Impl.AUTO`` for the default backend; validates strings.
+
+  Args:
+    impl: the requested implementation.
+    has_pallas: whether the op has a Pallas kernel at all.
+    auto_pallas: whether AUTO may pick that kernel on GPU/TPU. An op sets it
+      False until its kernel has been validated natively on that hardware
+      (interpret mode alone does not prove the lowering); ``impl="pallas"``
+      still opts in explicitly.
+  """
   try:
     impl = Impl(impl)
   except ValueError:
@@ -35,7 +45,7 @@ def resolve_impl(impl: "Impl | str", *, has_pallas: bool = True) -> Impl:
         f"{impl=} is not one of {[i.value for i in Impl]}") from None
   if impl is Impl.AUTO:
     backend = jax.default_backend()
-    if has_pallas and backend in ("gpu", "cuda", "rocm", "tpu"):
+    if has_pallas and auto_pallas and backend in ("gpu", "cuda", "rocm", "tpu"):
       return Impl.PALLAS
     return Impl.XLA
   if impl in (Impl.PALLAS, Impl.PALLAS_INTERPRET) and not has_pallas:

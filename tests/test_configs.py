@@ -103,6 +103,7 @@ BAD_FIELDS = [
     ("model.s4.discretization", "euler"),
     ("model.s4.dt_min", 0.5),  # > dt_max.
     ("model.s4.impl", "cuda"),
+    ("model.s4.impl", "pallas"),  # No GPU/TPU in the tests.
     ("model.dropout", 1.5),
     ("data.batch_size", 12),  # Not divisible by 8 data-parallel devices.
     ("data.eval_batch_size", 20),

@@ -18,7 +18,7 @@ def test_there_are_notebooks():
 def test_notebook_runs(path, tmp_path, monkeypatch):
   nb = nbformat.read(path, as_version=4)
   env_root = str(path.parent.parent)
-  # The kernel must import the project from this checkout and see one device.
+  # The kernel must import the project from this checkout.
   monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
       [env_root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
   monkeypatch.setenv("MPLBACKEND", "Agg")

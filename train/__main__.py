@@ -42,6 +42,11 @@ def _parse_flags(argv):
         f"field {field!r}"
         + (f' (did you mean "{hint.group(1)}"?)' if hint else "") + ".\n")
     sys.exit(1)
+  except flags.Error as e:
+    # A value of the wrong type (--config.model.d_model=abc) or a missing flag:
+    # absl's own message names the flag; a traceback adds nothing.
+    sys.stderr.write(f"FATAL Flags parsing error: {e}\n")
+    sys.exit(1)
 
 
 class _QuietLibraryInfo(std_logging.Filter):

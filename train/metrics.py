@@ -52,8 +52,13 @@ class MetricWriter:
           if record.get("step", 0) <= resume_step and record.get(
               "split") != "test":
             kept.append(line)
-    with open(self.jsonl_path, "w") as f:
+    # Rewritten atomically: a kill during the rewrite leaves the old log.
+    tmp_path = self.jsonl_path + ".tmp"
+    with open(tmp_path, "w") as f:
       f.writelines(line + "\n" for line in kept)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp_path, self.jsonl_path)
     self._jsonl = open(self.jsonl_path, "a")
 
   def write(self, step: int, split: str, metrics: Mapping[str, float]) -> None:

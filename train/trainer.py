@@ -16,6 +16,7 @@ last checkpoint and logs exactly what an uninterrupted run logs.
 import json
 import logging
 import os
+import signal
 import time
 from typing import Any
 
@@ -36,6 +37,10 @@ from data import pipeline
 from train import metrics as metrics_lib
 from train import optim as optim_lib
 from train import partitioning
+
+
+# Tests set this to SIGKILL the process right after a given step.
+_FAULT_KILL_AT_STEP = int(os.environ.get("LONGSEQ_FAULT_KILL_AT_STEP", "-1"))
 
 
 @flax.struct.dataclass
@@ -323,6 +328,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         if (step % config.train.checkpoint_every_steps == 0
             or step == total_steps):
           save(manager, step)
+        if step == _FAULT_KILL_AT_STEP:
+          # Fault injection for the kill-and-resume test: die at once, with
+          # the checkpoint of this step possibly still being written.
+          os.kill(os.getpid(), signal.SIGKILL)
     finally:
       bar.close()
       manager.wait_until_finished()
@@ -344,9 +353,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       # The step is the evaluated checkpoint's (the best validation one).
       writer.write(int(jax.device_get(test_state.step)), "test", test)
       test["step"] = int(jax.device_get(test_state.step))
-      if is_main:
-        with open(os.path.join(workdir, "test_metrics.json"), "w") as f:
+      if is_main:  # Written atomically: a reader never sees half a file.
+        path = os.path.join(workdir, "test_metrics.json")
+        with open(path + ".tmp", "w") as f:
           json.dump(test, f, indent=2)
+        os.replace(path + ".tmp", path)
       result["test"] = test
     writer.close()
     manager.close()
