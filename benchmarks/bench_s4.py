@@ -34,8 +34,10 @@ TARGETS = {
 }
 MEMORY_TARGET_BYTES = 4 * 2**30  # at the longest length, layers
 CONFIGS = ("s4d_kernel", "s4d_kernel_ref", "dplr_kernel", "dplr_kernel_ref",
-           "layer_diag", "layer_dplr")
-REFERENCE_OF = {"s4d_kernel": "s4d_kernel_ref", "dplr_kernel": "dplr_kernel_ref"}
+           "layer_diag", "layer_diag_ref", "layer_dplr", "layer_dplr_ref",
+           "layer_dplr_bidir")
+REFERENCE_OF = {"s4d_kernel": "s4d_kernel_ref", "dplr_kernel": "dplr_kernel_ref",
+                "layer_diag": "layer_diag_ref", "layer_dplr": "layer_dplr_ref"}
 
 
 def _build(config, L, args):
@@ -72,10 +74,15 @@ def _build(config, L, args):
     fn = jax.jit(lambda Lam, P, B, C, log_dt: dplr.dplr_kernel(
         Lam, P, B, C, log_dt, L, impl=impl))
     return fn, (Lam, P, B, C, log_dt)
-  mode = config.removeprefix("layer_")
+  # layer_<mode>[_ref|_bidir]: "_ref" runs the reference forms (explicit
+  # kernel and direct-sum convolution); "_bidir" is the bidirectional layer the
+  # LRA configs use.
+  mode = config.split("_")[1]
   layer = S4(d_model=d, d_state=N, mode=mode,
              ssm_init="legs" if mode == "dplr" else "lin",
-             l_max=L if mode == "dplr" else None, impl=args.impl)
+             l_max=L if mode == "dplr" else None,
+             bidirectional=config.endswith("_bidir"),
+             impl="reference" if config.endswith("_ref") else args.impl)
   x = jnp.asarray(rng.normal(size=(args.batch, L, d)), jnp.float32)
   ct = jnp.asarray(rng.normal(size=(args.batch, L, d)), jnp.float32)
   params = jax.jit(nn.Module.init, static_argnums=0)(
@@ -123,6 +130,9 @@ def _skip_reason(config, L, args):
     return f"dense recurrence, L > {args.dplr_ref_max}"
   if config == "s4d_kernel_ref" and L > args.s4d_ref_max:
     return f"sequential scan, L > {args.s4d_ref_max}"
+  if config.startswith("layer_") and config.endswith("_ref") and (
+      L > args.layer_ref_max):
+    return f"direct-sum convolution, L > {args.layer_ref_max}"
   return None
 
 
@@ -152,6 +162,9 @@ def main():
   parser.add_argument("--dplr-ref-max", type=int, default=4096,
                       help="skip the dense DPLR reference above this length")
   parser.add_argument("--s4d-ref-max", type=int, default=16384)
+  parser.add_argument("--layer-ref-max", type=int, default=1024,
+                      help="skip the reference S4 layer (O(L^2) convolution) "
+                      "above this length")
   parser.add_argument("--timeout", type=float, default=300,
                       help="seconds per config and try")
   parser.add_argument("--retries", type=int, default=1)

@@ -158,7 +158,7 @@ def test_command_line_overrides():
   assert config.model.d_model == 128 and config.model.s4.l_max == 512
   assert config.optim.grad_clip_norm == 1.0
   assert config.optim.groups.ssm.learning_rate == 0.002
-  assert config.data.num_train == 2000  # The preset applied.
+  assert config.data.num_train == 8000  # The preset applied.
   assert config.is_locked
   with pytest.raises(AttributeError, match="d_stat"):
     _parse(["train", "--config=configs/lra_listops.py:cpu",
