@@ -235,20 +235,11 @@ def test_optimizer_groups_follow_patterns():
   np.testing.assert_allclose(updates["mixer"]["bias"], 0.0)
 
 
-def _module_missing(name):
-  try:
-    return importlib.util.find_spec(name) is None
-  except ModuleNotFoundError:
-    return True
-
-
 # ListOps's test preset runs through the command line below.
 @pytest.mark.parametrize("experiment", ["lra_pathfinder", "lra_pathx"])
 def test_experiment_test_preset_trains(experiment, tmp_path):
   module = {"lra_listops": "data.listops", "lra_pathfinder": "data.pathfinder",
             "lra_pathx": "data.pathfinder"}[experiment]
-  if _module_missing(module):
-    pytest.skip(f"{module} has not landed yet")
   importlib.import_module(module)  # Registers the task.
   config_module = importlib.import_module(f"configs.{experiment}")
   config = config_module.get_config("test")
@@ -269,8 +260,6 @@ def test_experiment_test_preset_trains(experiment, tmp_path):
 
 def test_command_line_run_with_overrides(tmp_path):
   """The README's command: flags, preset, overrides, outputs in the workdir."""
-  if _module_missing("data.listops"):
-    pytest.skip("data.listops has not landed yet")
   env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu",
              JAX_COMPILATION_CACHE_DIR=COMPILATION_CACHE,
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
@@ -339,8 +328,6 @@ def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path):
   """A process SIGKILLed right after it starts writing a checkpoint (async)
   resumes from the last complete one and ends exactly as an uninterrupted run:
   same logged metrics, same best checkpoint, same test metrics."""
-  if _module_missing("data.listops"):
-    pytest.skip("data.listops has not landed yet")
   tfds_dir = tmp_path / "tfds"
   full = _cli_run(tmp_path / "full", tfds_dir, 12)
   assert full.returncode == 0, full.stderr[-3000:]
