@@ -16,60 +16,28 @@ Presets:
 """
 import ml_collections
 
-from configs import default
+from configs import lra_pathfinder
 
-PRESETS = ("full", "cpu", "test")
+PRESETS = lra_pathfinder.PRESETS
 
 
 def get_config(preset: str = "full") -> ml_collections.ConfigDict:
-  if preset not in PRESETS:
-    raise ValueError(f"{preset=} is not one of {PRESETS}")
-  config = default.get_config()
-  config.seed = 3333  # train.seed in the reference experiment file.
-
-  data = config.data
+  # Path-X is the Pathfinder experiment at 128x128: start from it and change
+  # what the reference s4-pathx.yaml changes.
+  config = lra_pathfinder.get_config(preset)  # Also rejects unknown presets.
+  data, model, optim, train = config.data, config.model, config.optim, config.train
   data.task = "pathx"
   data.resolution = 128
-  data.difficulty = "hard"
   data.batch_size = 16
   data.eval_batch_size = 32
-
-  model = config.model
-  model.mixer = "s4"
-  model.n_layers = 6
-  model.d_model = 256
-  model.prenorm = True
-  model.norm = "batch"
-  model.dropout = 0.0
-  model.output = "glu"
-  model.pool = "mean"
-  s4 = model.s4
-  s4.d_state = 64
-  s4.mode = "dplr"
-  s4.ssm_init = "legs"
-  s4.bidirectional = True
-  s4.dt_min = 1e-4
-  s4.dt_max = 1e-1
-
-  optim = config.optim
+  model.s4.dt_min = 1e-4
   optim.learning_rate = 0.001
-  optim.weight_decay = 0.05
-  optim.schedule = "cosine"
-  optim.warmup_steps = 50_000
-  optim.groups.ssm.learning_rate = 1e-3
-  optim.groups.ssm.weight_decay = 0.0
-
-  train = config.train
   train.num_epochs = 50
-  train.log_every_steps = 100
-  train.checkpoint_every_steps = 1000
 
   if preset == "cpu":
     data.num_train, data.num_validation, data.num_test = 256, 64, 64
-    data.difficulty = "easy"
     data.batch_size = 16
     data.eval_batch_size = 32
-    model.n_layers = 2
     model.d_model = 32
     optim.warmup_steps = 4
     train.num_epochs = 2
@@ -80,13 +48,9 @@ def get_config(preset: str = "full") -> ml_collections.ConfigDict:
     data.num_train, data.num_validation, data.num_test = 16, 8, 8
     data.batch_size = 8
     data.eval_batch_size = 8
-    model.n_layers = 1
     model.d_model = 8
-    s4.d_state = 8
-    optim.warmup_steps = 1
     train.num_epochs = 1
     train.log_every_steps = 1
     train.eval_every_steps = 2
     train.checkpoint_every_steps = 2
-    train.progress_bar = False
   return config
