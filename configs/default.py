@@ -200,3 +200,40 @@ def get_config(preset: str = "full") -> ml_collections.ConfigDict:
 
   config.lock()
   return config
+
+
+def s4_lra(config: ml_collections.ConfigDict, *, d_state: int, prenorm: bool,
+           learning_rate: float, warmup_steps: int) -> None:
+  """Sets the S4 LRA model and optimizer shared by the configs/lra_*.py files.
+
+  The S4 reference experiments (state-spaces/s4
+  configs/experiment/lra/s4-*.yaml): 6 residual blocks of width 256 with
+  BatchNorm, no dropout, a GLU output projection and mean pooling; bidirectional
+  HiPPO-LegS DPLR kernels with dt in [1e-3, 1e-1]; AdamW with weight decay 0.05,
+  warmup then cosine decay, and the SSM parameters at lr 1e-3 without decay.
+  The task files set what differs: the state size, pre- or post-norm, the
+  learning rate and the warmup.
+  """
+  model = config.model
+  model.mixer = "s4"
+  model.n_layers = 6
+  model.d_model = 256
+  model.prenorm = prenorm
+  model.norm = "batch"
+  model.dropout = 0.0
+  model.output = "glu"
+  model.pool = "mean"
+  s4 = model.s4
+  s4.d_state = d_state
+  s4.mode = "dplr"
+  s4.ssm_init = "legs"
+  s4.bidirectional = True
+  s4.dt_min = 1e-3
+  s4.dt_max = 1e-1
+  optim = config.optim
+  optim.learning_rate = learning_rate
+  optim.weight_decay = 0.05
+  optim.schedule = "cosine"
+  optim.warmup_steps = warmup_steps
+  optim.groups.ssm.learning_rate = 1e-3
+  optim.groups.ssm.weight_decay = 0.0

@@ -43,32 +43,11 @@ def get_config(preset: str = "full") -> ml_collections.ConfigDict:
     # Depth limit of the expression trees.
     data.listops.max_depth = ml_collections.config_dict.placeholder(int)
 
-  model = config.model
-  model.mixer = "s4"
-  model.n_layers = 6
-  model.d_model = 256
-  model.prenorm = False
-  model.norm = "batch"
-  model.dropout = 0.0
-  model.output = "glu"
-  model.pool = "mean"
-  s4 = model.s4
-  s4.d_state = 4
-  s4.mode = "dplr"
-  s4.ssm_init = "legs"
-  s4.bidirectional = True
-  s4.dt_min = 1e-3
-  s4.dt_max = 1e-1
-
-  optim = config.optim
-  optim.learning_rate = 0.01
-  optim.weight_decay = 0.05
-  optim.schedule = "cosine"
-  optim.warmup_steps = 12_000
+  default.s4_lra(config, d_state=4, prenorm=False, learning_rate=0.01,
+                 warmup_steps=12_000)
+  model, optim = config.model, config.optim
   # ListOps trains dt at the base learning rate: only A and B are in "ssm".
   optim.groups.ssm.pattern = r"(^|/)(A_real|A_imag|P|B)$"
-  optim.groups.ssm.learning_rate = 1e-3
-  optim.groups.ssm.weight_decay = 0.0
   with config.unlocked():
     optim.groups.dt = ml_collections.ConfigDict(dict(
         pattern=r"(^|/)log_dt$",

@@ -33,30 +33,10 @@ def get_config(preset: str = "full") -> ml_collections.ConfigDict:
   data.batch_size = 64
   data.eval_batch_size = 128
 
-  model = config.model
-  model.mixer = "s4"
-  model.n_layers = 6
-  model.d_model = 256
-  model.prenorm = True
-  model.norm = "batch"
-  model.dropout = 0.0
-  model.output = "glu"
-  model.pool = "mean"
+  default.s4_lra(config, d_state=64, prenorm=True, learning_rate=0.004,
+                 warmup_steps=50_000)
+  model, optim = config.model, config.optim
   s4 = model.s4
-  s4.d_state = 64
-  s4.mode = "dplr"
-  s4.ssm_init = "legs"
-  s4.bidirectional = True
-  s4.dt_min = 1e-3
-  s4.dt_max = 1e-1
-
-  optim = config.optim
-  optim.learning_rate = 0.004
-  optim.weight_decay = 0.05
-  optim.schedule = "cosine"
-  optim.warmup_steps = 50_000
-  optim.groups.ssm.learning_rate = 1e-3
-  optim.groups.ssm.weight_decay = 0.0
 
   train = config.train
   train.num_epochs = 200
