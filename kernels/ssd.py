@@ -1,0 +1,695 @@
+"""Mamba-2 state-space duality (SSD) scan, with state-collapse mitigations.
+
+Dao & Gu, "Transformers are SSMs: Generalized Models and Efficient Algorithms
+Through Structured State Space Duality" (ICML 2024), Sec. 6 and Listing 1.
+Per head, with a scalar decay ``alpha_t = exp(dt_t A)`` (``A < 0``, ``dt > 0``):
+
+  h_t = alpha_t h_{t-1} + dt_t x_t B_t^T        (h_t in R^{p x n})
+  y_t = h_t C_t
+
+Head ``i`` reads the input/output projections of group ``i // (h // g)``. The
+same map written as a masked "attention" (the quadratic form) is
+
+  y = (L o C B^T) (dt x),  L[t, s] = exp(sum_{s < u <= t} dt_u A) for s <= t,
+
+and the chunked form splits time into chunks of ``Q`` tokens: a quadratic form
+inside each chunk (diagonal blocks), the state each chunk leaves behind, a
+short recurrence over chunk states, and the states' contribution to the next
+chunk's outputs (off-diagonal blocks, low rank).
+
+Mitigations for state collapse (Chen et al., "Stuffed Mamba", arXiv
+2410.07145, training-free mitigations):
+  * ``window=r``: sliding window by state difference,
+    ``h^(r)_t = h_t - (prod_{t-r < u <= t} alpha_u) h_{t-r}``; by linearity this
+    is the state of the recurrence restarted from zero ``r`` tokens back (it
+    holds tokens ``t-r+1 .. t`` only), so ``y^(r)_t = h^(r)_t C_t`` is exact in
+    every form.
+  * ``state_norm=tau`` (sequential form only): after every update the state of
+    each head is rescaled so that its Frobenius norm over ``(p, n)`` never
+    exceeds ``tau``: ``h_t <- h_t min(1, tau / ||h_t||)``. This is a nonlinear
+    function of the state, so the state is no longer a linear combination of
+    the inputs with data-independent decay products, which the chunked and
+    quadratic forms rely on; they reject it.
+  * decay / insertion scaling (``A -> lambda A``, ``B -> gamma B``) live in the
+    layer: they are plain inputs here.
+
+Performance (CPU, float32, b=4 h=8 p=64 n=64 g=1, Q=64; see
+benchmarks/bench_ssd.py): the chunked form has a hand-written backward pass
+(``_chunked_core``) whose products are batched matmuls on operands already in
+the layout the matmul wants; ``precision=HIGHEST`` costs nothing on CPU (same
+timings as the default) and keeps float32 on GPU/TPU.
+
+Shapes (jaxtyping names): ``b`` batch, ``t`` time, ``h`` heads, ``p`` head dim,
+``g`` groups of ``B``/``C``, ``n`` state size, ``c`` chunks. Computation is in
+float32; outputs have ``x.dtype`` (states are float32).
+"""
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from kernels import Impl, resolve_impl
+
+_HI = jax.lax.Precision.HIGHEST
+
+
+def _check(x, dt, A, B, C, chunk_size, initial_state, window):
+  """Validates shapes and options; returns ``(b, t, h, p, g, n)``."""
+  if x.ndim != 4:
+    raise ValueError(f"x must be [b, t, h, p]; got {x.shape=}")
+  b, t, h, p = x.shape
+  if dt.shape != (b, t, h):
+    raise ValueError(f"dt must be [b, t, h] = {(b, t, h)}; got {dt.shape=}")
+  if A.shape != (h,):
+    raise ValueError(f"A must be [h] = {(h,)}; got {A.shape=}")
+  if B.ndim != 4 or B.shape[:2] != (b, t):
+    raise ValueError(f"B must be [b, t, g, n] with b={b}, t={t}; got {B.shape=}")
+  if C.shape != B.shape:
+    raise ValueError(f"C must have B's shape {B.shape}; got {C.shape=}")
+  g, n = B.shape[2:]
+  if g < 1 or h % g:
+    raise ValueError(f"heads h={h} must be a multiple of groups g={g}")
+  if initial_state is not None and initial_state.shape != (b, h, p, n):
+    raise ValueError(f"initial_state must be [b, h, p, n] = {(b, h, p, n)}; "
+                     f"got {initial_state.shape=}")
+  if int(chunk_size) < 1:
+    raise ValueError(f"{chunk_size=} must be >= 1")
+  if window is not None:
+    if int(window) < 1:
+      raise ValueError(f"{window=} must be >= 1")
+    if initial_state is not None:
+      raise ValueError(
+          f"{window=} needs initial_state=None (the window restarts the "
+          f"recurrence from zero r tokens back); got an initial_state of shape "
+          f"{initial_state.shape}")
+  return b, t, h, p, g, n
+
+
+def _f32(*arrays):
+  return tuple(None if a is None else jnp.asarray(a, jnp.float32)
+               for a in arrays)
+
+
+def _per_head(M, h):
+  """[b, t, g, n] -> [b, t, h, n]: head i reads group i // (h // g)."""
+  return jnp.repeat(M, h // M.shape[2], axis=2)
+
+
+def _clip_norm(state, tau):
+  """Rescales each head's state to Frobenius norm <= tau."""
+  sq = jnp.sum(state * state, axis=(-2, -1), keepdims=True)
+  # Gradient-safe: the where picks 1 wherever the norm is within tau (also
+  # at zero), so sqrt is never differentiated at 0 on a taken branch.
+  over = sq > tau * tau
+  norm = jnp.sqrt(jnp.where(over, sq, 1.0))
+  return state * jnp.where(over, tau / norm, 1.0)
+
+
+def ssd_reference(
+    x: Float[Array, "b t h p"],
+    dt: Float[Array, "b t h"],
+    A: Float[Array, "h"],
+    B: Float[Array, "b t g n"],
+    C: Float[Array, "b t g n"],
+    *,
+    chunk_size: int = 64,
+    initial_state: Float[Array, "b h p n"] | None = None,
+    window: int | None = None,
+    state_norm: float | None = None,
+    return_chunk_states: bool = False,
+):
+  """The recurrence, one token at a time (``lax.scan`` over ``t``).
+
+  Args:
+    x: inputs ``[b, t, h, p]``.
+    dt: positive step sizes ``[b, t, h]`` (already softplus'd).
+    A: negative decay rates ``[h]``.
+    B: input projections ``[b, t, g, n]``.
+    C: output projections ``[b, t, g, n]``.
+    chunk_size: only used to pick the positions of ``return_chunk_states``.
+    initial_state: ``[b, h, p, n]`` or None (zeros).
+    window: ``r >= 1``: sliding window by state difference (module docstring).
+      Carried here as the lagged state ``h_{t-r}`` advanced from a ring buffer
+      of the last ``r`` tokens' inputs.
+    state_norm: ``tau > 0``: clip each head's state to Frobenius norm ``tau``
+      after every update (module docstring).
+    return_chunk_states: also return the (windowed / clipped) state after the
+      last token of every chunk, ``[b, ceil(t / chunk_size), h, p, n]``.
+
+  Returns:
+    ``(y [b, t, h, p], final_state [b, h, p, n])`` and, if requested,
+    ``chunk_states``.
+  """
+  b, t, h, p, g, n = _check(x, dt, A, B, C, chunk_size, initial_state, window)
+  if state_norm is not None and not state_norm > 0:
+    raise ValueError(f"{state_norm=} must be > 0")
+  if state_norm is not None and window is not None:
+    raise ValueError(
+        f"{window=} and {state_norm=} cannot be combined: the state "
+        "difference is exact only for a linear recurrence")
+  out_dtype = x.dtype
+  x, dt, A, B, C, initial_state = _f32(x, dt, A, B, C, initial_state)
+  Bh, Ch = _per_head(B, h), _per_head(C, h)
+  a = dt * A[None, None, :]                      # log alpha, [b, t, h]
+  u = dt[..., None] * x                          # [b, t, h, p]
+  state0 = (jnp.zeros((b, h, p, n), jnp.float32) if initial_state is None
+            else initial_state)
+  Q = int(chunk_size)
+  n_chunks = -(-t // Q)
+  r = None if window is None else min(int(window), t)
+
+  def step(carry, inp):
+    state, lag, ring, chunk_states = carry
+    i, a_t, u_t, B_t, C_t = inp
+    state = (jnp.exp(a_t)[:, :, None, None] * state +
+             u_t[..., :, None] * B_t[..., None, :])
+    if state_norm is not None:
+      state = _clip_norm(state, state_norm)
+    out_state = state
+    if r is not None:
+      # Slot i % r holds token i - r (zeros before the start: an identity
+      # step), which advances the lagged state to h_{i-r}.
+      slot = i % r
+      a_o, u_o, B_o = (jax.lax.dynamic_index_in_dim(v, slot, 0, False)
+                       for v in ring)
+      lag = (jnp.exp(a_o)[:, :, None, None] * lag +
+             u_o[..., :, None] * B_o[..., None, :])
+      ring = tuple(jax.lax.dynamic_update_index_in_dim(v, w, slot, 0)
+                   for v, w in zip(ring, (a_t, u_t, B_t)))
+      decay = jnp.exp(jnp.sum(ring[0], axis=0))  # prod of the last r alphas
+      out_state = state - decay[:, :, None, None] * lag
+    y_t = jnp.einsum("bhpn,bhn->bhp", out_state, C_t, precision=_HI)
+    if chunk_states is not None:
+      # Every token overwrites its chunk's slot: the last write is the state
+      # after the chunk's last token.
+      chunk_states = jax.lax.dynamic_update_index_in_dim(
+          chunk_states, out_state, i // Q, 0)
+    return (state, lag, ring, chunk_states), y_t
+
+  lag0 = ring0 = None
+  if r is not None:
+    lag0 = jnp.zeros((b, h, p, n), jnp.float32)
+    ring0 = (jnp.zeros((r, b, h), jnp.float32),
+             jnp.zeros((r, b, h, p), jnp.float32),
+             jnp.zeros((r, b, h, n), jnp.float32))
+  cs0 = (jnp.zeros((n_chunks, b, h, p, n), jnp.float32)
+         if return_chunk_states else None)
+  tm = lambda v: jnp.moveaxis(v, 1, 0)
+  xs = (jnp.arange(t), tm(a), tm(u), tm(Bh), tm(Ch))
+  (state, lag, ring, chunk_states), y = jax.lax.scan(
+      step, (state0, lag0, ring0, cs0), xs)
+  final = state
+  if r is not None:
+    final = state - jnp.exp(jnp.sum(ring[0], axis=0))[:, :, None, None] * lag
+  y = jnp.moveaxis(y, 0, 1).astype(out_dtype)
+  if return_chunk_states:
+    return y, final, jnp.moveaxis(chunk_states, 0, 1)
+  return y, final
+
+
+def ssd(
+    x: Float[Array, "b t h p"],
+    dt: Float[Array, "b t h"],
+    A: Float[Array, "h"],
+    B: Float[Array, "b t g n"],
+    C: Float[Array, "b t g n"],
+    *,
+    chunk_size: int = 64,
+    initial_state: Float[Array, "b h p n"] | None = None,
+    window: int | None = None,
+    return_chunk_states: bool = False,
+    impl: Impl | str = Impl.AUTO,
+):
+  """SSD scan ``(y, final_state[, chunk_states])``; see the module docstring.
+
+  ``impl``: ``Impl.REFERENCE`` (sequential scan) or the XLA chunked form
+  (AUTO; there is no Pallas kernel for this op). For ``state_norm`` call
+  ``ssd_reference`` directly: it has no chunked form.
+  """
+  impl = resolve_impl(impl, has_pallas=False)
+  kwargs = dict(chunk_size=chunk_size, initial_state=initial_state,
+                window=window, return_chunk_states=return_chunk_states)
+  if impl is Impl.REFERENCE:
+    return ssd_reference(x, dt, A, B, C, **kwargs)
+  return ssd_chunked(x, dt, A, B, C, **kwargs)
+
+
+def _tri(t, *, strict=False, lead=0):
+  """Lower-triangular bool mask ``[1]*lead + [t, t]`` (``i >= j``)."""
+  i = jax.lax.broadcasted_iota(jnp.int32, (t, t), 0)
+  j = jax.lax.broadcasted_iota(jnp.int32, (t, t), 1)
+  m = i > j if strict else i >= j
+  return m.reshape((1,) * lead + (t, t))
+
+
+def _segsum(a):
+  """``M[..., i, j] = sum_{j < u <= i} a_u`` for ``i >= j``, else ``-inf``.
+
+  Summed directly (a cumsum of masked copies) rather than as a difference of
+  prefix sums, so no cancellation: every ``a_u`` has the same sign.
+  """
+  t = a.shape[-1]
+  lead = a.ndim - 1
+  z = jnp.broadcast_to(a[..., :, None], a.shape + (t,))   # z[u, j] = a_u
+  z = jnp.where(_tri(t, strict=True, lead=lead), z, 0.0)  # keep u > j
+  M = jnp.cumsum(z, axis=-2)
+  return jnp.where(_tri(t, lead=lead), M, -jnp.inf)
+
+
+def _chunk_ends(t, Q):
+  return [min((c + 1) * Q, t) - 1 for c in range(-(-t // Q))]
+
+
+def ssd_quadratic(
+    x: Float[Array, "b t h p"],
+    dt: Float[Array, "b t h"],
+    A: Float[Array, "h"],
+    B: Float[Array, "b t g n"],
+    C: Float[Array, "b t g n"],
+    *,
+    chunk_size: int = 64,
+    initial_state: Float[Array, "b h p n"] | None = None,
+    window: int | None = None,
+    return_chunk_states: bool = False,
+    state_norm: float | None = None,
+):
+  """The masked-attention ("dual") form, ``O(t^2)`` time and memory.
+
+  ``y = (L o C B^T)(dt x) + exp(cumsum(dt A)) C h_0`` with the segment sums of
+  ``L`` computed stably (``_segsum``); a window ``r`` is the band mask
+  ``t - r < s <= t``. A test and benchmark form, not an ``Impl``. Arguments
+  and returns as ``ssd_reference``; ``chunk_size`` only places the chunk
+  states.
+  """
+  b, t, h, p, g, n = _check(x, dt, A, B, C, chunk_size, initial_state, window)
+  _reject_state_norm(state_norm, "ssd_quadratic")
+  out_dtype = x.dtype
+  x, dt, A, B, C, initial_state = _f32(x, dt, A, B, C, initial_state)
+  k = h // g
+  a = jnp.moveaxis(dt * A[None, None, :], 1, 2)            # [b, h, t]
+  M = _segsum(a)                                           # [b, h, t, s]
+  if window is not None:
+    i = jax.lax.broadcasted_iota(jnp.int32, (t, t), 0)
+    j = jax.lax.broadcasted_iota(jnp.int32, (t, t), 1)
+    M = jnp.where((i - j < int(window))[None, None], M, -jnp.inf)
+  L = jnp.exp(M).reshape(b, g, k, t, t)
+  CB = jnp.einsum("bign,bjgn->bgij", C, B, precision=_HI)
+  u = (dt[..., None] * x).reshape(b, t, g, k, p)
+  y = jnp.einsum("bgkij,bjgkp->bigkp", CB[:, :, None] * L, u, precision=_HI)
+  y = y.reshape(b, t, h, p)
+  cum = jnp.cumsum(a, axis=-1)                             # [b, h, t]
+  if initial_state is not None:
+    y0 = jnp.einsum("bign,bgkpn->bigkp", C,
+                    initial_state.reshape(b, g, k, p, n), precision=_HI)
+    y = y + jnp.moveaxis(jnp.exp(cum), 1, 2)[..., None] * y0.reshape(b, t, h, p)
+  ends = _chunk_ends(t, int(chunk_size))
+  if not return_chunk_states:
+    ends = ends[-1:]
+  W = jnp.exp(M[:, :, jnp.asarray(ends), :])               # [b, h, e, s]
+  states = jnp.einsum("bhes,bshp,bshn->behpn", W, u.reshape(b, t, h, p),
+                      _per_head(B, h), precision=_HI)
+  if initial_state is not None:
+    dec = jnp.exp(cum[:, :, jnp.asarray(ends)])            # [b, h, e]
+    states = states + (jnp.moveaxis(dec, 1, 2)[..., None, None] *
+                       initial_state[:, None])
+  y = y.astype(out_dtype)
+  if return_chunk_states:
+    return y, states[:, -1], states
+  return y, states[:, -1]
+
+
+def _reject_state_norm(state_norm, name):
+  if state_norm is not None:
+    raise ValueError(
+        f"{name} does not support {state_norm=}: the rescaling is a nonlinear "
+        "function of the state, so the state is no longer a linear "
+        "combination of the inputs with data-independent decay products, "
+        "which this form relies on; use ssd_reference")
+
+
+def _bmm(lhs, rhs, lc, rc, nb):
+  """Batched matmul: the first ``nb`` axes are batch, contract ``lc``/``rc``."""
+  return jax.lax.dot_general(
+      lhs, rhs, (((lc,), (rc,)), (tuple(range(nb)), tuple(range(nb)))),
+      precision=_HI)
+
+
+def _rsum(v, axis):
+  """``jnp.sum(v, axis)`` written as a product with a vector of ones.
+
+  XLA:CPU (jaxlib 0.10) lowers a fused multiply-reduce whose operand has
+  size-1 axes (``g = 1``, ``m = 1`` here) to a generic kernel about 25x
+  slower than the same reduction on the collapsed array; a dot is not.
+  """
+  axis = axis % v.ndim
+  ones = jnp.ones((v.shape[axis],), v.dtype)
+  return jax.lax.dot_general(v, ones, (((axis,), (0,)), ((), ())),
+                             precision=_HI)
+
+
+def _chunk_terms(x, dt, A, B, Cs, Q):
+  """Per-chunk operands in the layouts the matmuls want.
+
+  Batch axes lead every operand as ``(b, c, g)`` (then ``k`` for per-head
+  products), so each product below is a plain batched matmul on the
+  arrays' natural layout; for ``g = 1`` none of these reshapes moves data
+  except the head-major copy ``uh`` of the inputs.
+  """
+  b, T, h, p = x.shape
+  g, n = B.shape[2:]
+  m = Cs.shape[0]
+  k, c = h // g, T // Q
+  a = (dt * A[None, None, :]).reshape(b, c, Q, h)
+  acs = jnp.cumsum(a, axis=2)                                # [b, c, Q, h]
+  acs_h = jnp.moveaxis(acs, 2, 3).reshape(b, c, g, k, Q)
+  seg = acs_h[..., :, None] - acs_h[..., None, :]            # [b,c,g,k,i,j]
+  Lmat = jnp.exp(jnp.where(_tri(Q, lead=4), seg, -jnp.inf))
+  u = (x * dt[..., None]).reshape(b, c, Q, g, k * p)
+  ut = jnp.swapaxes(u, 2, 3)                                 # [b,c,g,Q,kp]
+  uh = jnp.swapaxes(ut.reshape(b, c, g, Q, k, p), 3, 4)      # [b,c,g,k,Q,p]
+  Bt = jnp.swapaxes(B.reshape(b, c, Q, g, n), 2, 3)          # [b,c,g,Q,n]
+  Ct = jnp.moveaxis(Cs.reshape(m, b, c, Q, g, n), (0, 4), (3, 2))
+  Ct = Ct.reshape(b, c, g, m * Q, n)                         # [b,c,g,(m i),n]
+  CB = _bmm(Ct, Bt, 4, 4, 3).reshape(b, c, g, m, Q, Q)
+  return acs, Lmat, ut, uh, Bt, Ct, CB
+
+
+def _decay_terms(acs, g, k):
+  """``E_i = exp(acs_i)`` ``[b,c,g,1,Q,k,1]`` and ``w_j = exp(acs_last -
+  acs_j)`` ``[b,c,g,Q,k,1]`` in the time-major layout; chunk decays."""
+  b, c, Q, h = acs.shape
+  at = jnp.swapaxes(acs.reshape(b, c, Q, g, k), 2, 3)        # [b,c,g,Q,k]
+  E = jnp.exp(at).reshape(b, c, g, 1, Q, k, 1)
+  w = jnp.exp(at[:, :, :, -1:, :] - at)[..., None]
+  return E, w, jnp.exp(acs[:, :, -1, :])                     # [b, c, h]
+
+
+def _scores(CB, Lmat):
+  """``[b,c,g,k,(m i),j]``: the masked decay times ``C . B``, per head."""
+  b, c, g, m, Q, _ = CB.shape
+  k = Lmat.shape[3]
+  S = CB[:, :, :, None] * Lmat[:, :, :, :, None]            # [b,c,g,k,m,i,j]
+  return S.reshape(b, c, g, k, m * Q, Q)
+
+
+def _chunk_forward(x, dt, A, B, Cs, state0, Q):
+  b, T, h, p = x.shape
+  g, n = B.shape[2:]
+  m = Cs.shape[0]
+  k, c = h // g, T // Q
+  acs, Lmat, ut, uh, Bt, Ct, CB = _chunk_terms(x, dt, A, B, Cs, Q)
+  E, w, chunk_decay = _decay_terms(acs, g, k)
+  # 1. Diagonal blocks: y_i = sum_{j <= i} (C_i . B_j) exp(acs_i - acs_j) u_j.
+  y_diag = _bmm(_scores(CB, Lmat), uh, 5, 4, 4)             # [b,c,g,k,(m i),p]
+  y_diag = jnp.moveaxis(y_diag.reshape(b, c, g, k, m, Q, p), 3, 5)
+  # 2. The state each chunk leaves behind (from zero), stored transposed:
+  #    [b, c, g, n, (k p)].
+  uw = (ut.reshape(b, c, g, Q, k, p) * w).reshape(b, c, g, Q, k * p)
+  BtT = jnp.swapaxes(Bt, 3, 4)                               # [b,c,g,n,j]
+  chunk_states = jnp.moveaxis(_bmm(BtT, uw, 4, 3, 3), 1, 0)  # [c,b,g,n,kp]
+  # 3. Recurrence over chunks (c sequential steps of size b h p n).
+  s0 = jnp.moveaxis(state0.reshape(b, g, k * p, n), 3, 2)   # [b, g, n, kp]
+  decay_t = jnp.moveaxis(chunk_decay, 1, 0).reshape(c, b, g, 1, k, 1)
+
+  def step(state, inp):
+    decay, new = inp
+    state_kp = state.reshape(b, g, n, k, p)
+    nxt = (decay * state_kp).reshape(b, g, n, k * p) + new
+    return nxt, state
+
+  final, states_in = jax.lax.scan(step, s0, (decay_t, chunk_states))
+  states_in = jnp.moveaxis(states_in, 0, 1)                 # [b,c,g,n,kp]
+  # 4. Off-diagonal blocks: the entering state read out inside the chunk.
+  y_off = _bmm(Ct, states_in, 4, 3, 3)                       # [b,c,g,(m i),kp]
+  y_off = y_off.reshape(b, c, g, m, Q, k, p) * E
+  y = y_diag + y_off                                         # [b,c,g,m,i,k,p]
+  return y, states_in, final, y_off
+
+
+def _to_bhpn(state, k, p):
+  """``[..., g, n, (k p)] -> [..., (g k), p, n]``."""
+  *lead, g, n, _ = state.shape
+  s = state.reshape(*lead, g, n, k, p)
+  return jnp.moveaxis(s, -3, -1).reshape(*lead, g * k, p, n)
+
+
+def _to_y(y, T, h, p):
+  """``[b,c,g,m,i,k,p] -> [m, b, T, h, p]``."""
+  b, c, g, m, Q, k, _ = y.shape
+  return jnp.moveaxis(y, 3, 0).swapaxes(3, 4).reshape(m, b, T, h, p)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _chunked_core(x, dt, A, B, Cs, state0, Q):
+  """The four steps of the chunked algorithm, for ``m`` output projections.
+
+  Args:
+    x, dt, B: float32 ``[b, T, h, p]``, ``[b, T, h]``, ``[b, T, g, n]`` with
+      ``T`` a multiple of ``Q``.
+    A: ``[h]``.
+    Cs: ``[m, b, T, g, n]``: several query sequences share every ``B``-side
+      quantity (the window form uses ``m = 2``).
+    state0: ``[b, h, p, n]``.
+    Q: chunk size (static).
+
+  Returns:
+    ``y [m, b, T, h, p]``, ``states_in [b, c, h, p, n]`` (the state entering
+    each chunk) and ``final [b, h, p, n]``.
+
+  The backward pass is written by hand (``_chunked_core_bwd``): autodiff of
+  the forward spends most of its time in broadcast-reduce patterns (the
+  ``C B^T`` factor shared by the heads of a group) and layout copies; the
+  hand-written one recomputes the chunk terms and uses one batched matmul per
+  gradient product on operands already in the layout it needs.
+  """
+  out, _ = _chunked_core_fwd(x, dt, A, B, Cs, state0, Q)
+  return out
+
+
+def _chunked_core_fwd(x, dt, A, B, Cs, state0, Q):
+  b, T, h, p = x.shape
+  k = h // B.shape[2]
+  y, states_in, final, y_off = _chunk_forward(x, dt, A, B, Cs, state0, Q)
+  out = (_to_y(y, T, h, p), _to_bhpn(states_in, k, p), _to_bhpn(final, k, p))
+  return out, (x, dt, A, B, Cs, states_in, y_off)
+
+
+def _chunked_core_bwd(Q, res, cts):
+  x, dt, A, B, Cs, states_in, y_off = res
+  dy, d_states_in, d_final = cts
+  b, T, h, p = x.shape
+  g, n = B.shape[2:]
+  m = Cs.shape[0]
+  k, c = h // g, T // Q
+  acs, Lmat, ut, uh, Bt, Ct, CB = _chunk_terms(x, dt, A, B, Cs, Q)
+  E, w, chunk_decay = _decay_terms(acs, g, k)
+  # dy in the forward's internal layout [b, c, g, m, i, k, p].
+  dyt = jnp.moveaxis(dy.reshape(m, b, c, Q, g, k, p), (0, 4), (3, 2))
+  def to_t(v):  # [..., h, p, n] -> [..., g, n, (k p)]
+    lead = v.shape[:-3]
+    v = jnp.moveaxis(v.reshape(*lead, g, k, p, n), -1, -3)
+    return v.reshape(*lead, g, n, k * p)
+
+  d_states_in = to_t(d_states_in)
+  d_final = to_t(d_final)
+
+  # 4. y_off = E * (C . H).
+  dyo = dyt * y_off
+  d_acs = _rsum(sum(dyo[:, :, :, mm] for mm in range(m)), -1)  # [b,c,g,Q,k]
+  dz = (dyt * E).reshape(b, c, g, m * Q, k * p)
+  dCt = _bmm(dz, states_in, 4, 4, 3)                         # [b,c,g,(m i),n]
+  CtT = jnp.swapaxes(Ct, 3, 4)                               # [b,c,g,n,(m i)]
+  dH = _bmm(CtT, dz, 4, 3, 3) + d_states_in                  # [b,c,g,n,kp]
+
+  # 3. Reverse recurrence: lam_c = e_c lam_{c+1} + dH_c, d st_c = lam_{c+1}.
+  decay_t = jnp.moveaxis(chunk_decay, 1, 0).reshape(c, b, g, 1, k, 1)
+
+  def step(lam, inp):
+    decay, dh = inp
+    nxt = (decay * lam.reshape(b, g, n, k, p)).reshape(b, g, n, k * p) + dh
+    return nxt, lam
+
+  d_s0, d_st = jax.lax.scan(step, d_final, (decay_t, jnp.moveaxis(dH, 1, 0)),
+                            reverse=True)
+  d_st = jnp.moveaxis(d_st, 0, 1)                            # [b,c,g,n,kp]
+  d_decay = _rsum(_rsum((d_st * states_in).reshape(b, c, g, n, k, p), -1), 3)
+  d_decay = d_decay.reshape(b, c, h) * chunk_decay
+
+  # 2. st = sum_j (u_j w_j) B_j^T with w_j = exp(acs_last - acs_j).
+  u6 = ut.reshape(b, c, g, Q, k, p)
+  uw = (u6 * w).reshape(b, c, g, Q, k * p)
+  duw = _bmm(Bt, d_st, 4, 3, 3).reshape(b, c, g, Q, k, p)    # [b,c,g,j,k,p]
+  dBt = _bmm(uw, d_st, 4, 4, 3)                              # [b,c,g,j,n]
+  dut = duw * w
+  dw = _rsum(duw * u6, -1) * w[..., 0]                       # [b,c,g,Q,k]
+  d_acs = d_acs - dw
+  d_last = _rsum(dw, 3).reshape(b, c, h) + d_decay           # [b, c, h]
+
+  # 1. y_diag = (CB o L) u, per head; worked in the transposed (j, i)
+  #    orientation so every product is a matmul on natural layouts.
+  acs_h = jnp.moveaxis(acs, 2, 3).reshape(b, c, g, k, Q)
+  segT = acs_h[..., None, :] - acs_h[..., :, None]           # [b,c,g,k,j,i]
+  LT = jnp.exp(jnp.where(jnp.swapaxes(_tri(Q, lead=4), -1, -2), segT,
+                         -jnp.inf))
+  CBT = _bmm(Bt, Ct, 4, 4, 3).reshape(b, c, g, Q, m, Q)      # [b,c,g,j,m,i]
+  ST = (CBT[:, :, :, None] * LT[:, :, :, :, :, None]).reshape(
+      b, c, g, k, Q, m * Q)                                  # [b,c,g,k,j,(m i)]
+  dyh = jnp.moveaxis(dyt, 5, 3).reshape(b, c, g, k, m * Q, p)
+  duh = _bmm(ST, dyh, 5, 4, 4)                               # [b,c,g,k,j,p]
+  dut = dut + jnp.swapaxes(duh, 3, 4)
+  dST = _bmm(uh, dyh, 5, 5, 4).reshape(b, c, g, k, Q, m, Q)
+  # Sums over the few heads of a group / queries as explicit adds (see
+  # _rsum).
+  dCBT = sum(dST[:, :, :, kk] * LT[:, :, :, kk, :, None]
+             for kk in range(k))                             # [b,c,g,j,m,i]
+  dsegT = sum(dST[:, :, :, :, :, mm] * CBT[:, :, :, None, :, mm]
+              for mm in range(m)) * LT                       # [b,c,g,k,j,i]
+  d_acs = d_acs + jnp.swapaxes(_rsum(dsegT, -2) - _rsum(dsegT, -1), 3, 4)
+  dCBT = dCBT.reshape(b, c, g, Q, m * Q)
+  dCt = dCt + _bmm(dCBT, Bt, 3, 3, 3)
+  dBt = dBt + _bmm(dCBT, Ct, 4, 3, 3)
+
+  # acs = cumsum(dt A) inside each chunk; u = dt x.
+  d_acs = jnp.swapaxes(d_acs, 2, 3).reshape(b, c, Q, h)
+  d_acs = d_acs.at[:, :, -1, :].add(d_last)
+  da = jnp.flip(jnp.cumsum(jnp.flip(d_acs, 2), axis=2), 2).reshape(b, T, h)
+  du = jnp.swapaxes(dut, 2, 3).reshape(b, T, h, p)
+  dx = du * dt[..., None]
+  ddt = _rsum(du * x, -1) + da * A[None, None, :]
+  dA = _rsum((da * dt).reshape(b * T, h), 0)
+  dB = jnp.swapaxes(dBt, 2, 3).reshape(b, T, g, n)
+  dCs = jnp.moveaxis(dCt.reshape(b, c, g, m, Q, n), (3, 2), (0, 4))
+  d_s0 = _to_bhpn(d_s0, k, p)
+  return dx, ddt, dA, dB, dCs.reshape(m, b, T, g, n), d_s0
+
+
+_chunked_core.defvjp(_chunked_core_fwd, _chunked_core_bwd)
+
+
+def _shift_time(v, r, axis=1):
+  """``out[t] = v[t - r]`` along ``axis`` (zeros for ``t < r``); ``r >= 0``."""
+  t = v.shape[axis]
+  pad = [(0, 0)] * v.ndim
+  pad[axis] = (r, 0)
+  return jax.lax.slice_in_dim(jnp.pad(v, pad), 0, t, axis=axis)
+
+
+def _state_at(acs, u, B, states_in, j):
+  """State after offset ``j`` of every chunk: ``[b, c, h, p, n]``."""
+  b, c, Q, g, k, p = u.shape
+  n = B.shape[-1]
+  a_j = acs[:, :, j:j + 1, :]                                # [b, c, 1, h]
+  keep = (jnp.arange(Q) <= j).reshape(1, 1, Q, 1)
+  w = jnp.where(keep, jnp.exp(jnp.where(keep, a_j - acs, 0.0)), 0.0)
+  part = jnp.einsum("bcjgn,bcjgkp->bcgkpn", B.reshape(b, c, Q, g, n),
+                    u * w.reshape(b, c, Q, g, k, 1), precision=_HI)
+  part = part.reshape(b, c, g * k, p, n)
+  return part + jnp.exp(a_j[:, :, 0, :])[..., None, None] * states_in
+
+
+def ssd_chunked(
+    x: Float[Array, "b t h p"],
+    dt: Float[Array, "b t h"],
+    A: Float[Array, "h"],
+    B: Float[Array, "b t g n"],
+    C: Float[Array, "b t g n"],
+    *,
+    chunk_size: int = 64,
+    initial_state: Float[Array, "b h p n"] | None = None,
+    window: int | None = None,
+    return_chunk_states: bool = False,
+    state_norm: float | None = None,
+):
+  """The chunked SSD algorithm (Dao & Gu 2024, Sec. 6); ``O(t Q)`` work.
+
+  ``chunk_size`` need not divide ``t``: the tail is padded with identity
+  steps (``dt = 0``, ``x = 0``) and cut. ``B``/``C`` stay per group: heads are
+  reshaped to ``(g, h / g)`` in every product, never materialised per head.
+
+  Window ``r`` (state difference): with ``C'_s = C_{s+r}``,
+  ``h_{t-r} . C_t = y'_{t-r}`` where ``y'`` is the plain output for the
+  queries ``C'``, so ``y^(r)_t = y_t - P_t y'_{t-r}`` with
+  ``P_t = prod_{t-r < u <= t} alpha_u``. Both query sets share every
+  ``B``-side product (chunk states, recurrence), for any ``r`` (not only
+  multiples of ``Q``); measured (benchmarks/bench_ssd.py) the forward costs
+  about the plain form's, forward + backward about twice. ``log
+  P_t`` is assembled from within-chunk cumulative sums plus a banded sum of
+  whole-chunk totals (same-sign terms, no cancellation of global prefix
+  sums).
+
+  Arguments and returns as ``ssd_reference`` (no ``state_norm``).
+  """
+  b, t, h, p, g, n = _check(x, dt, A, B, C, chunk_size, initial_state, window)
+  _reject_state_norm(state_norm, "ssd_chunked")
+  out_dtype = x.dtype
+  x, dt, A, B, C, initial_state = _f32(x, dt, A, B, C, initial_state)
+  Q = int(chunk_size)
+  c = -(-t // Q)
+  T = c * Q
+  r = None if window is None or int(window) >= t else int(window)
+  pad = lambda v: jnp.pad(v, [(0, 0), (0, T - t)] + [(0, 0)] * (v.ndim - 2))
+  xp, dtp, Bp, Cp = pad(x), pad(dt), pad(B), pad(C)
+  Cs = Cp[None]
+  if r is not None:
+    C_ahead = jnp.pad(C[:, r:], [(0, 0), (0, T - t + r), (0, 0), (0, 0)])
+    Cs = jnp.stack([Cp, C_ahead])
+  state0 = (jnp.zeros((b, h, p, n), jnp.float32) if initial_state is None
+            else initial_state)
+  ys, states_in, final = _chunked_core(xp, dtp, A, Bp, Cs, state0, Q)
+  if r is not None:
+    acs = jnp.cumsum((dtp * A[None, None, :]).reshape(b, c, Q, h), axis=2)
+    u = (xp * dtp[..., None]).reshape(b, c, Q, g, h // g, p)
+  y = ys[0]
+  if return_chunk_states:
+    states_out = jnp.concatenate([states_in[:, 1:], final[:, None]], axis=1)
+  if r is not None:
+    log_p = _window_log_decay(acs, r, Q)                     # [b, T, h]
+    y = y - jnp.exp(log_p)[..., None] * _shift_time(ys[1], r)
+    # Windowed final state: h_{t-1} - P_{t-1} h_{t-1-r}.
+    s_last = t - 1 - r
+    lagged = _state_at(acs[:, s_last // Q:s_last // Q + 1],
+                       u[:, s_last // Q:s_last // Q + 1],
+                       Bp.reshape(b, c, Q, g, n)[:, s_last // Q:s_last // Q + 1],
+                       states_in[:, s_last // Q:s_last // Q + 1], s_last % Q)
+    final = final - jnp.exp(log_p[:, t - 1])[..., None, None] * lagged[:, 0]
+    if return_chunk_states:
+      # Full chunk c ends at cQ + Q - 1; its lagged token sits at offset
+      # j = (Q - 1 - r) mod Q of chunk c - d.
+      j = (Q - 1 - r) % Q
+      d = (r - (Q - 1 - j)) // Q
+      lag = _shift_time(_state_at(acs, u, Bp.reshape(b, c, Q, g, n),
+                                  states_in, j), d)
+      ends = jnp.arange(c) * Q + Q - 1
+      p_end = jnp.exp(log_p[:, jnp.minimum(ends, T - 1)])    # [b, c, h]
+      states_out = states_out - p_end[..., None, None] * lag
+      states_out = states_out.at[:, -1].set(final)
+  y = y[:, :t].astype(out_dtype)
+  if return_chunk_states:
+    return y, final, states_out
+  return y, final
+
+
+def _window_log_decay(acs, r, Q):
+  """``log P_t = sum_{t-r < u <= t} dt_u A`` for every padded token ``t``.
+
+  ``= acs[t] - acs[t-r] + sum of the totals of chunks c(t-r) .. c(t)-1``,
+  where ``acs`` is the inclusive cumulative sum inside each chunk. ``t - r``
+  lies ``kq`` or ``kq + 1`` chunks back (``r = kq Q + m``), depending on
+  whether ``t``'s offset is ``>= m``. Meaningless (but finite) for ``t < r``.
+  """
+  b, c, _, h = acs.shape
+  T = c * Q
+  kq, m = divmod(r, Q)
+  flat = acs.reshape(b, T, h)
+  tot = acs[:, :, -1, :]                                     # [b, c, h]
+  ci = jnp.arange(c)[:, None]
+  cj = jnp.arange(c)[None, :]
+  band_k = ((cj < ci) & (cj >= ci - kq)).astype(jnp.float32)
+  band_k1 = ((cj < ci) & (cj >= ci - kq - 1)).astype(jnp.float32)
+  w_k = jnp.einsum("de,beh->bdh", band_k, tot, precision=_HI)
+  w_k1 = jnp.einsum("de,beh->bdh", band_k1, tot, precision=_HI)
+  near = (jnp.arange(Q) >= m).reshape(1, 1, Q, 1)
+  between = jnp.where(near, w_k[:, :, None, :], w_k1[:, :, None, :])
+  return flat - _shift_time(flat, r) + between.reshape(b, T, h)
