@@ -3,11 +3,13 @@
 Every sequence mixer maps ``(batch, length, features) -> (batch, length, features)``
 and takes an optional boolean padding ``mask`` of shape ``(batch, length)`` (True
 for real tokens). Mixers are registered by name so that a config can say
-``model.mixer = "s4"``.
+``model.mixer = "s4"``: "s4" (S4 and S4D), "sgconv", "mamba2".
 """
 from layers.registry import MIXERS, get_mixer, register_mixer
 
 # Importing the modules registers their mixers.
+from layers import mamba2  # noqa: F401,E402
 from layers import s4  # noqa: F401,E402
+from layers import sgconv  # noqa: F401,E402
 
 __all__ = ["MIXERS", "get_mixer", "register_mixer"]
