@@ -6,7 +6,12 @@ fixed-shape numpy arrays so that batches stack without further padding:
   ``inputs``:  int32 ``[t]`` token ids (``info.input_kind == "tokens"``) or
                float32 ``[t, c]`` continuous values (``"continuous"``);
   ``mask``:    bool ``[t]``, True where the position holds a real token;
-  ``targets``: int32 scalar class id.
+  ``targets``: int32 scalar class id (``info.output_kind == "class"``), or
+               int32 ``[t]``: the token the model must predict at each position
+               (``"tokens"``: a causal language model has seen ``inputs[:i+1]``
+               when it predicts ``targets[i]``);
+  ``target_mask``: bool ``[t]``, only with ``"tokens"``: the positions whose
+               targets count in the loss and the metrics.
 """
 import dataclasses
 from typing import Any, Callable, Mapping, Protocol, Sequence
@@ -23,6 +28,9 @@ class TaskInfo:
   vocab_size: int | None = None  # for tokens; includes padding id 0
   input_channels: int | None = None  # for continuous inputs
   pad_id: int = 0
+  # "class": one label per sequence (``num_classes`` classes);
+  # "tokens": one target token per position (``num_classes`` = output vocab).
+  output_kind: str = "class"
 
 
 class RandomAccessSource(Protocol):
@@ -74,3 +82,4 @@ def _import_builtin_tasks() -> None:
   # Imported lazily so that `import data` stays cheap and free of cycles.
   import data.listops  # noqa: F401
   import data.pathfinder  # noqa: F401
+  import data.probes  # noqa: F401
