@@ -67,6 +67,21 @@ def get_config(preset: str = "full") -> ml_collections.ConfigDict:
   # Seed of the dataset generators (generated data only; part of the
   # generated dataset's identity, independent of the training seed).
   data.generate_seed = 0
+  # Passkey probe: digits of the pass key.
+  data.key_length = 5
+  # Passkey probe: where the key sentence sits in the filler (0 = start,
+  # 1 = end); None = uniform at random per example.
+  data.passkey_depth = config_dict.placeholder(float)
+  # Associative-recall probe (MQAR): key-value pairs per sequence.
+  data.num_kv_pairs = 8
+  # MQAR: exponent of the power law of the gaps between queries (zoology's
+  # ``power_a``).
+  data.mqar_power_a = 0.01
+  # MQAR: vocabulary size (keys from the lower half, values from the upper).
+  data.mqar_vocab_size = 8192
+  # MQAR: fill the positions that are neither pairs nor queries with random
+  # tokens (True, zoology's default) or with 0.
+  data.mqar_random_non_queries = True
 
   # ----------------------------------------------------------------- model
   config.model = model = ml_collections.ConfigDict()
@@ -79,15 +94,18 @@ def get_config(preset: str = "full") -> ml_collections.ConfigDict:
   # True: norm -> mixer -> + x (pre-norm, with a final norm); False: norm after
   # each residual sum (post-norm).
   model.prenorm = True
-  # Normalisation: "layer" (LayerNorm) or "batch" (BatchNorm over real tokens).
+  # Normalisation: "layer" (LayerNorm), "rms" (RMSNorm) or "batch" (BatchNorm
+  # over real tokens).
   model.norm = "layer"
   # Dropout rate after the mixer and after the output projection.
   model.dropout = 0.0
-  # Position-wise projection after the mixer: "glu" (Dense 2d + GLU) or "linear".
+  # Position-wise projection after the mixer: "glu" (Dense 2d + GLU), "linear",
+  # or "none" for a mixer with its own output projection (mamba2).
   model.output = "glu"
   # Width multiplier of an extra feed-forward sublayer per block (0 = none).
   model.ff_mult = 0
-  # Sequence pooling before the classifier: "mean" | "last" | "max" | "cls".
+  # Sequence pooling before the classifier: "mean" | "last" | "max" | "cls"
+  # (not used by token-level tasks, whose head predicts at every position).
   model.pool = "mean"
   # The S4 mixer's own fields (used when mixer == "s4"); see layers/s4.py.
   model.s4 = s4 = ml_collections.ConfigDict()
@@ -113,6 +131,61 @@ def get_config(preset: str = "full") -> ml_collections.ConfigDict:
   # Kernel implementation: "auto" | "reference" | "xla" | "pallas" |
   # "pallas_interpret" (kernels.Impl).
   s4.impl = "auto"
+
+  # The Mamba-2 mixer's fields (mixer == "mamba2"); see layers/mamba2.py.
+  # Defaults are the official Mamba2 module's.
+  model.mamba2 = m2 = ml_collections.ConfigDict()
+  # State size N per head.
+  m2.d_state = 128
+  # Width of the depthwise causal convolution.
+  m2.d_conv = 4
+  # Inner width = expand * d_model.
+  m2.expand = 2
+  # Head dimension P (heads = expand * d_model / head_dim).
+  m2.head_dim = 64
+  # Groups sharing B and C (heads per group = heads / n_groups).
+  m2.n_groups = 1
+  # Chunk length of the chunked SSD scan (any length works).
+  m2.chunk_size = 256
+  # Range of the log-uniform initial step size dt.
+  m2.dt_min = 1e-3
+  m2.dt_max = 1e-1
+  # Range of the uniform initial -A (A = -exp(A_log)).
+  m2.a_init_min = 1.0
+  m2.a_init_max = 16.0
+  # SSD implementation: "auto" | "reference" (sequential scan) | "xla" (chunked).
+  m2.impl = "auto"
+  # State-collapse mitigations (Stuffed Mamba), training-free switches:
+  # decay alpha_t -> alpha_t ** decay_scale (>= 1: forget more);
+  m2.decay_scale = 1.0
+  # inserted term B_t -> insert_scale * B_t (<= 1: remember less);
+  m2.insert_scale = 1.0
+  # rescale the state after every update so its norm stays bounded (None = off;
+  # sequential scan only);
+  m2.state_norm = config_dict.placeholder(float)
+  # keep only the last `window` tokens in the state, by state difference
+  # (None = off).
+  m2.window = config_dict.placeholder(int)
+
+  # The SGConv mixer's fields (mixer == "sgconv"); see layers/sgconv.py.
+  model.sgconv = sg = ml_collections.ConfigDict()
+  # Size d of each scale's learnable kernel.
+  sg.kernel_dim = 64
+  # Number of scales; None = as many as needed to cover l_max.
+  sg.n_scales = config_dict.placeholder(int)
+  # Weight alpha^i of scale i (the paper's decay).
+  sg.decay = 0.5
+  # Kernels per feature; their outputs are concatenated (channels * d_model
+  # features), so channels > 1 needs model.output "glu" or "linear".
+  sg.channels = 1
+  # True: a second kernel runs backwards in time (non-causal tasks).
+  sg.bidirectional = False
+  # Kernel length; None means the task's maximum sequence length.
+  sg.l_max = config_dict.placeholder(int)
+  # Activation after the convolution.
+  sg.activation = "gelu"
+  # FFT convolution implementation (kernels.Impl).
+  sg.impl = "auto"
 
   # ------------------------------------------------------------- optimizer
   config.optim = optim = ml_collections.ConfigDict()

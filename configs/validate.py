@@ -3,14 +3,15 @@
 Every error is a ``ValueError`` that names the field and its value, e.g.
 ``ValueError("model.s4.d_state=63 must be even ...")``.
 """
+import dataclasses
 import math
 import re
 from typing import Any
 
 import ml_collections
 
-NORMS = ("layer", "batch")
-OUTPUTS = ("glu", "linear")
+NORMS = ("layer", "batch", "rms")
+OUTPUTS = ("glu", "linear", "none")
 POOLS = ("mean", "last", "max", "cls")
 OPTIMIZERS = ("adamw",)
 SCHEDULES = ("cosine", "constant")
@@ -190,6 +191,28 @@ def validate_config(config: ml_collections.ConfigDict, *,
     if "s4" not in model:
       _fail("model.mixer", model.mixer, "needs the sub-config model.s4")
     _validate_s4(model.s4)
+  if model.mixer == "mamba2":
+    _validate_mamba2(model.mamba2, model.d_model)
+  if model.mixer == "sgconv":
+    _validate_sgconv(model.sgconv)
+    if model.sgconv.channels > 1 and model.output == "none":
+      _fail("model.output", model.output,
+            f"cannot follow model.sgconv.channels={model.sgconv.channels}: the "
+            "mixer then returns channels * d_model features, which the output "
+            "projection ('glu' or 'linear') maps back to d_model")
+    if model.sgconv.l_max is not None and model.sgconv.l_max < data.max_length:
+      _fail("model.sgconv.l_max", model.sgconv.l_max,
+            f"is shorter than data.max_length={data.max_length}: the kernel "
+            "must cover the longest input (None = data.max_length)")
+  _check_mixer_fields(model, registry.MIXERS[model.mixer])
+  info = find_task(data.task).info(data)
+  if getattr(info, "output_kind", "class") == "tokens":
+    sub = model.get(model.mixer)
+    if sub is not None and sub.get("bidirectional"):
+      _fail(f"model.{model.mixer}.bidirectional", True,
+            f"is impossible for data.task={data.task!r}, whose targets are "
+            "predicted at every position from the tokens up to it (a causal "
+            "model)")
 
   # optimizer
   optim = config.optim
@@ -278,6 +301,70 @@ def validate_config(config: ml_collections.ConfigDict, *,
         _fail(field, value,
               f"is not divisible by the {data_parallel} data-parallel devices "
               f"(mesh data x fsdp = {shape['data']} x {shape['fsdp']})")
+
+
+def _validate_mamba2(m2: ml_collections.ConfigDict, d_model: int) -> None:
+  for field in ("d_state", "d_conv", "expand", "head_dim", "n_groups",
+                "chunk_size"):
+    _check_int(f"model.mamba2.{field}", m2[field], minimum=1)
+  d_inner = m2.expand * d_model
+  if d_inner % m2.head_dim:
+    _fail("model.mamba2.head_dim", m2.head_dim,
+          f"does not divide the inner width expand * d_model = {m2.expand} * "
+          f"{d_model} = {d_inner}")
+  heads = d_inner // m2.head_dim
+  if heads % m2.n_groups:
+    _fail("model.mamba2.n_groups", m2.n_groups,
+          f"does not divide the {heads} heads (expand * d_model / head_dim)")
+  _check_float("model.mamba2.dt_min", m2.dt_min, low=0.0, low_open=True)
+  _check_float("model.mamba2.dt_max", m2.dt_max, low=0.0, low_open=True)
+  if m2.dt_min > m2.dt_max:
+    raise ValueError(f"model.mamba2.dt_min={m2.dt_min!r} must be <= "
+                     f"model.mamba2.dt_max={m2.dt_max!r}")
+  _check_float("model.mamba2.a_init_min", m2.a_init_min, low=0.0,
+               low_open=True)
+  _check_float("model.mamba2.a_init_max", m2.a_init_max, low=0.0,
+               low_open=True)
+  if m2.a_init_min > m2.a_init_max:
+    raise ValueError(f"model.mamba2.a_init_min={m2.a_init_min!r} must be <= "
+                     f"model.mamba2.a_init_max={m2.a_init_max!r}")
+  from kernels import Impl  # pylint: disable=g-import-not-at-top
+  _check_choice("model.mamba2.impl", m2.impl,
+                (Impl.AUTO.value, Impl.REFERENCE.value, Impl.XLA.value))
+  _check_float("model.mamba2.decay_scale", m2.decay_scale, low=1.0)
+  _check_float("model.mamba2.insert_scale", m2.insert_scale, low=0.0,
+               high=1.0, low_open=True)
+  _check_float("model.mamba2.state_norm", m2.state_norm, low=0.0,
+               low_open=True, optional=True)
+  _check_int("model.mamba2.window", m2.window, minimum=1, optional=True)
+
+
+def _validate_sgconv(sg: ml_collections.ConfigDict) -> None:
+  _check_int("model.sgconv.kernel_dim", sg.kernel_dim, minimum=1)
+  _check_int("model.sgconv.n_scales", sg.n_scales, minimum=1, optional=True)
+  _check_float("model.sgconv.decay", sg.decay, low=0.0, low_open=True)
+  _check_int("model.sgconv.channels", sg.channels, minimum=1)
+  _check_int("model.sgconv.l_max", sg.l_max, minimum=1, optional=True)
+  from kernels import Impl  # pylint: disable=g-import-not-at-top
+  from layers import sgconv  # pylint: disable=g-import-not-at-top
+  _check_choice("model.sgconv.impl", sg.impl, tuple(i.value for i in Impl))
+  _check_choice("model.sgconv.activation", sg.activation,
+                tuple(sgconv.ACTIVATIONS))
+
+
+def _check_mixer_fields(model: ml_collections.ConfigDict, mixer_cls) -> None:
+  """``model.<mixer>`` may only set fields the mixer class has."""
+  sub = model.get(model.mixer)
+  if sub is None:
+    return
+  fields = {f.name for f in dataclasses.fields(mixer_cls)} - {
+      "parent", "name", "d_model"}
+  unknown = sorted(set(sub.keys()) - fields)
+  if unknown:
+    raise ValueError(
+        f"model.{model.mixer} sets {unknown}, which the {model.mixer!r} mixer "
+        f"({mixer_cls.__module__}.{mixer_cls.__name__}) does not have; its "
+        f"fields: {sorted(fields)}")
 
 
 def find_task(name: str):

@@ -1,5 +1,7 @@
 """Backbones and heads: a residual stack around any registered mixer."""
 from models.backbone import Backbone, ResidualBlock
-from models.classifier import SequenceClassifier, build_model, pool
+from models.classifier import SequenceClassifier, build_model, encode_inputs, pool
+from models.lm import CausalLM
 
-__all__ = ["Backbone", "ResidualBlock", "SequenceClassifier", "build_model", "pool"]
+__all__ = ["Backbone", "CausalLM", "ResidualBlock", "SequenceClassifier",
+           "build_model", "encode_inputs", "pool"]

@@ -2,12 +2,14 @@
 
 One block (``prenorm=True``)::
 
-  x -> norm -> mixer -> dropout -> output (Dense 2d + GLU | Dense d) -> dropout -> + x
+  x -> norm -> mixer -> dropout -> output (Dense 2d + GLU | Dense d | none) -> dropout -> + x
     [-> norm -> feed-forward (Dense ff_mult*d, GELU, dropout, Dense d) -> dropout -> + x]
 
 With ``prenorm=False`` the norm follows each residual sum instead (post-norm), and the
 backbone then has no final norm. This is the block of the S4 LRA models: the mixer ends
-with its activation, the position-wise output linear with a GLU follows it.
+with its activation, the position-wise output linear with a GLU follows it. A mixer
+that ends with its own output projection (Mamba-2) is used with ``output="none"`` and
+``norm="rms"``, the Mamba-2 language-model block.
 
 Shapes: ``x`` is ``[b, t, d]``; ``mask`` is bool ``[b, t]`` (True = real token).
 """
@@ -18,8 +20,9 @@ import jax.numpy as jnp
 
 from layers import get_mixer
 
-NORMS = ("layer", "batch")
-OUTPUTS = ("glu", "linear")
+NORMS = ("layer", "batch", "rms")
+# "none": the mixer ends with its own output projection (Mamba-2).
+OUTPUTS = ("glu", "linear", "none")
 
 
 def _dense(features: int, name: str, dtype: Any, param_dtype: Any) -> nn.Dense:
@@ -35,7 +38,8 @@ def _dense(features: int, name: str, dtype: Any, param_dtype: Any) -> nn.Dense:
 
 
 class Norm(nn.Module):
-  """LayerNorm or BatchNorm over features; BatchNorm statistics skip padding."""
+  """LayerNorm, RMSNorm or BatchNorm over features; BatchNorm statistics skip
+  padding."""
   kind: str = "layer"
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -44,6 +48,9 @@ class Norm(nn.Module):
   def __call__(self, x, mask=None, *, train: bool = False):
     if self.kind == "layer":
       return nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype)(x)
+    if self.kind == "rms":
+      return nn.RMSNorm(epsilon=1e-5, dtype=self.dtype,
+                        param_dtype=self.param_dtype)(x)
     if self.kind == "batch":
       bn_mask = None if mask is None else mask[..., None]
       return nn.BatchNorm(
@@ -80,7 +87,7 @@ class ResidualBlock(nn.Module):
       z = nn.glu(_dense(2 * d, "out", self.dtype, self.param_dtype)(z), axis=-1)
     elif self.output == "linear":
       z = _dense(d, "out", self.dtype, self.param_dtype)(z)
-    else:
+    elif self.output != "none":
       raise ValueError(f"model.output={self.output!r} is not one of {OUTPUTS}")
     x = x + drop(z)
     if not self.prenorm:

@@ -34,6 +34,30 @@ def pool(x, mask, kind: str):
   raise ValueError(f"model.pool={kind!r} is not one of {POOLS}")
 
 
+def encode_inputs(inputs, *, input_kind: str, d_model: int,
+                  vocab_size: int | None, dtype: Any, param_dtype: Any):
+  """Token ids ``[b, t]`` -> Embed; continuous ``[b, t, c]`` -> Dense: ``[b, t, d]``.
+
+  Call it inside a compact ``__call__``: its layers (``embed`` or ``encoder``)
+  become the caller's submodules.
+  """
+  if input_kind == "tokens":
+    if vocab_size is None:
+      raise ValueError("token inputs need vocab_size")
+    return nn.Embed(
+        vocab_size, d_model, dtype=dtype, param_dtype=param_dtype,
+        embedding_init=nn.with_logical_partitioning(
+            nn.initializers.normal(1.0), ("vocab", "embed")),
+        name="embed")(inputs)
+  if input_kind == "continuous":
+    return nn.Dense(
+        d_model, dtype=dtype, param_dtype=param_dtype,
+        kernel_init=nn.with_logical_partitioning(
+            nn.initializers.lecun_normal(), (None, "embed")),
+        name="encoder")(inputs)
+  raise ValueError(f"{input_kind=} is not 'tokens' or 'continuous'")
+
+
 class SequenceClassifier(nn.Module):
   """Encoder -> Backbone -> pool -> Dense(num_classes)."""
   num_classes: int
@@ -54,23 +78,10 @@ class SequenceClassifier(nn.Module):
 
   @nn.compact
   def __call__(self, inputs, mask=None, *, train: bool = False):
-    if self.input_kind == "tokens":
-      if self.vocab_size is None:
-        raise ValueError("token inputs need vocab_size")
-      x = nn.Embed(
-          self.vocab_size, self.d_model, dtype=self.dtype,
-          param_dtype=self.param_dtype,
-          embedding_init=nn.with_logical_partitioning(
-              nn.initializers.normal(1.0), ("vocab", "embed")),
-          name="embed")(inputs)
-    elif self.input_kind == "continuous":
-      x = nn.Dense(
-          self.d_model, dtype=self.dtype, param_dtype=self.param_dtype,
-          kernel_init=nn.with_logical_partitioning(
-              nn.initializers.lecun_normal(), (None, "embed")),
-          name="encoder")(inputs)
-    else:
-      raise ValueError(f"{self.input_kind=} is not 'tokens' or 'continuous'")
+    x = encode_inputs(
+        inputs, input_kind=self.input_kind, d_model=self.d_model,
+        vocab_size=self.vocab_size, dtype=self.dtype,
+        param_dtype=self.param_dtype)
     b, t = x.shape[:2]
     if mask is None:
       mask = jnp.ones((b, t), dtype=bool)
@@ -109,8 +120,26 @@ def mixer_kwargs_from_config(model_config: ml_collections.ConfigDict,
   return kwargs
 
 
-def build_model(model_config: ml_collections.ConfigDict, info) -> SequenceClassifier:
-  """Builds the classifier that ``model_config`` describes for a task's ``info``."""
+def build_model(model_config: ml_collections.ConfigDict, info) -> nn.Module:
+  """Builds the model that ``model_config`` describes for a task's ``info``:
+  a :class:`SequenceClassifier` for one label per sequence
+  (``info.output_kind == "class"``), a :class:`models.lm.CausalLM` for one target
+  token per position (``"tokens"``; ``model.pool`` is not used)."""
+  if getattr(info, "output_kind", "class") == "tokens":
+    from models.lm import CausalLM  # pylint: disable=g-import-not-at-top
+    return CausalLM(
+        vocab_size=info.num_classes,
+        input_kind=info.input_kind,
+        input_vocab_size=info.vocab_size,
+        mixer=model_config.mixer,
+        mixer_kwargs=mixer_kwargs_from_config(model_config, info.max_length),
+        d_model=model_config.d_model,
+        n_layers=model_config.n_layers,
+        prenorm=model_config.prenorm,
+        norm=model_config.norm,
+        dropout=model_config.dropout,
+        output=model_config.output,
+        ff_mult=model_config.get("ff_mult", 0))
   max_length = info.max_length + (1 if model_config.pool == "cls" else 0)
   return SequenceClassifier(
       num_classes=info.num_classes,

@@ -15,7 +15,8 @@ from configs import validate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS = {"lra_listops": "data.listops", "lra_pathfinder": "data.pathfinder",
-               "lra_pathx": "data.pathfinder"}
+               "lra_pathx": "data.pathfinder", "probe_passkey": "data.probes",
+               "probe_mqar": "data.probes"}
 
 
 def _require(module):

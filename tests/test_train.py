@@ -236,10 +236,13 @@ def test_optimizer_groups_follow_patterns():
 
 
 # ListOps's test preset runs through the command line below.
-@pytest.mark.parametrize("experiment", ["lra_pathfinder", "lra_pathx"])
+# The passkey probe's test preset runs in the study script's test below.
+@pytest.mark.parametrize("experiment", ["lra_pathfinder", "lra_pathx",
+                                        "probe_mqar"])
 def test_experiment_test_preset_trains(experiment, tmp_path):
   module = {"lra_listops": "data.listops", "lra_pathfinder": "data.pathfinder",
-            "lra_pathx": "data.pathfinder"}[experiment]
+            "lra_pathx": "data.pathfinder", "probe_mqar": "data.probes"}[
+                experiment]
   importlib.import_module(module)  # Registers the task.
   config_module = importlib.import_module(f"configs.{experiment}")
   config = config_module.get_config("test")
@@ -340,3 +343,147 @@ def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path):
   assert _records(tmp_path / "full") == _records(tmp_path / "killed")
   assert (json.loads((tmp_path / "full" / "test_metrics.json").read_text())
           == json.loads((tmp_path / "killed" / "test_metrics.json").read_text()))
+
+
+def _new_mixer_config(mixer, mesh=None, steps=24):
+  config = toy_config()
+  with config.unlocked():
+    config.model.mixer = mixer
+    config.model.dropout = 0.0
+    if mixer == "mamba2":
+      # The Mamba-2 block: RMSNorm, its own output projection.
+      config.model.norm = "rms"
+      config.model.output = "none"
+      config.model.mamba2.update(dict(d_state=8, head_dim=8, chunk_size=8))
+    else:
+      config.model.sgconv.update(dict(kernel_dim=4, bidirectional=True))
+    config.train.num_steps = steps
+    config.train.checkpoint_every_steps = steps
+    config.train.eval_every_steps = steps
+    if mesh:
+      config.mesh.update(mesh)
+  return config
+
+
+@pytest.mark.parametrize("mixer", ["mamba2", "sgconv"])
+def test_mamba2_and_sgconv_learn_and_one_device_equals_eight(tmp_path, mixer):
+  """Mamba-2 and SGConv inside the LRA backbone: the loss falls, and a run on
+  one device logs the losses of the run on 8 (Mamba-2)."""
+  runs = {}
+  meshes = (("eight", None), ("one", dict(data=1)))
+  for name, mesh in meshes[:2 if mixer == "mamba2" else 1]:
+    trainer.train_and_evaluate(_new_mixer_config(mixer, mesh), str(tmp_path / name))
+    runs[name] = [r for r in _records(tmp_path / name) if r["split"] == "train"]
+  losses = [r["loss"] for r in runs["eight"]]
+  assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
+  if "one" in runs:
+    np.testing.assert_allclose([r["loss"] for r in runs["one"]], losses,
+                               rtol=1e-4)
+
+
+def test_mamba2_decay_free_parameters_join_no_decay():
+  config = _new_mixer_config("mamba2")
+  mixer_cls = registry.get_mixer("mamba2")
+  params = {"backbone": {"block_0": {"mixer": {
+      "A_log": jnp.zeros(2), "D": jnp.zeros(2), "dt_bias": jnp.zeros(2),
+      "in_proj": {"kernel": jnp.ones((2, 2))}}}},
+      "head": {"D": jnp.zeros(2)}}
+  patterns = optim_lib.group_patterns(
+      config.optim, getattr(mixer_cls, "NO_WEIGHT_DECAY", ()))
+  labels = optim_lib.param_labels(params, patterns)
+  mixer = labels["backbone"]["block_0"]["mixer"]
+  assert [mixer[k] for k in ("A_log", "D", "dt_bias")] == ["no_decay"] * 3
+  assert mixer["in_proj"]["kernel"] == "default"
+  assert labels["head"]["D"] == "default"  # Only the mixer's own D.
+
+
+TOY_LM_TASK = "toy_previous_token"
+
+
+class _ToyLMSource(_ToySource):
+
+  def __getitem__(self, i):
+    return {"tokens": self._tokens[i, :self._lengths[i]] + 2}  # ids 3, 4
+
+
+def _toy_lm_preprocess(raw, data_config):
+  """Predict the previous token at every position but the first."""
+  del data_config
+  tokens = np.asarray(raw["tokens"], np.int32)
+  inputs = np.zeros((TOY_LENGTH,), np.int32)
+  inputs[:len(tokens)] = tokens
+  targets = np.zeros((TOY_LENGTH,), np.int32)
+  targets[1:len(tokens)] = tokens[:-1]
+  target_mask = np.zeros((TOY_LENGTH,), bool)
+  target_mask[1:len(tokens)] = True
+  return {"inputs": inputs, "mask": inputs > 0, "targets": targets,
+          "target_mask": target_mask}
+
+
+if TOY_LM_TASK not in tasks.TASKS:
+  tasks.register_task(tasks.Task(
+      name=TOY_LM_TASK,
+      info=lambda c: tasks.TaskInfo(num_classes=5, max_length=TOY_LENGTH,
+                                    input_kind="tokens", vocab_size=5,
+                                    output_kind="tokens"),
+      sources=lambda c: {"train": _ToyLMSource(c.num_train, 1),
+                         "validation": _ToyLMSource(c.num_validation, 2),
+                         "test": _ToyLMSource(c.num_test, 3)},
+      preprocess=_toy_lm_preprocess))
+
+
+def test_token_level_task_trains_a_causal_lm(tmp_path):
+  """A task with a target at every position trains models.CausalLM: the
+  per-token loss falls, exact match and token accuracy are reported, and
+  restore_model gives back the best checkpoint's model."""
+  config = _new_mixer_config("mamba2", steps=40)
+  with config.unlocked():
+    config.data.task = TOY_LM_TASK
+    config.train.eval_every_steps = 20
+    config.train.checkpoint_every_steps = 20
+  result = trainer.train_and_evaluate(config, str(tmp_path))
+  train = [r for r in _records(tmp_path) if r["split"] == "train"]
+  assert train[-1]["loss"] < 0.5 * train[0]["loss"], train
+  assert result["test"]["token_accuracy"] > 0.9, result["test"]
+  assert 0.0 <= result["test"]["accuracy"] <= result["test"]["token_accuracy"]
+  model, variables, step = trainer.restore_model(config, str(tmp_path))
+  assert step == result["test"]["step"]
+  batch = _toy_lm_preprocess({"tokens": np.array([3, 4, 4, 3, 3])}, None)
+  logits = model.apply(variables, batch["inputs"][None], batch["mask"][None])
+  assert logits.shape == (1, TOY_LENGTH, 5)
+  np.testing.assert_array_equal(
+      np.argmax(logits[0], -1)[1:5], batch["targets"][1:5])
+
+
+def test_study_state_collapse_script_end_to_end(tmp_path):
+  """The study script trains the passkey test preset, evaluates it at 1x and
+  2x with mitigations, and writes its JSON and plot."""
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu",
+             JAX_COMPILATION_CACHE_DIR=COMPILATION_CACHE,
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  env.pop("XLA_FLAGS", None)
+  out = tmp_path / "study.json"
+  proc = subprocess.run(
+      [sys.executable, "benchmarks/study_state_collapse.py",
+       "--config=configs/probe_passkey.py:test",
+       f"--workdir={tmp_path / 'run'}", f"--data-dir={tmp_path / 'tfds'}",
+       "--multiples", "1", "2", "--num-examples", "4", "--batch-size", "4",
+       "--settings", "none", "decay_scale=2,insert_scale=0.5",
+       "state_norm=auto", "window=T/2", f"--out={out}"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  report = json.loads(out.read_text())
+  rows = report["results"]
+  assert [(r["setting"], r["multiple"]) for r in rows] == [
+      (s, m) for s in ("none", "decay_scale=2,insert_scale=0.5",
+                       "state_norm=auto", "window=T/2") for m in (1, 2)]
+  assert rows[-1]["fields"] == {"window": 48}
+  for r in rows:
+    assert 0.0 <= r["accuracy"] <= 1.0
+    assert len(r["state_norm_curve"][0]) == len(r["curve_positions"])
+    assert r["curve_positions"][-1] == r["length"]
+  # The normalised state never exceeds the calibrated bound.
+  bound = report["auto_state_norm"]
+  assert all(r["state_norm_max"] <= bound * (1 + 1e-5)
+             for r in rows if r["setting"] == "state_norm=auto")
+  assert (tmp_path / "study.png").exists()

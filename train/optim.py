@@ -7,7 +7,7 @@ learning rate and weight decay and follows the same schedule shape, as PyTorch
 parameter groups under one LambdaLR do in the S4 reference code.
 """
 import re
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import ml_collections
@@ -31,8 +31,20 @@ def param_path(path) -> str:
   return "/".join(parts)
 
 
-def group_patterns(optim_config: ml_collections.ConfigDict) -> dict[str, str]:
-  return {name: group["pattern"] for name, group in optim_config.groups.items()}
+NO_DECAY_GROUP = "no_decay"
+
+
+def group_patterns(optim_config: ml_collections.ConfigDict,
+                   mixer_no_decay: Sequence[str] = ()) -> dict[str, str]:
+  """``{group: regex}``; ``mixer_no_decay`` names mixer parameters (e.g.
+  Mamba-2's ``A_log``, ``D``, ``dt_bias``) that join the ``no_decay`` group."""
+  patterns = {name: group["pattern"]
+              for name, group in optim_config.groups.items()}
+  if mixer_no_decay:
+    extra = r"(^|/)mixer/(%s)$" % "|".join(map(re.escape, mixer_no_decay))
+    base = patterns.get(NO_DECAY_GROUP)
+    patterns[NO_DECAY_GROUP] = extra if base is None else f"(?:{base})|{extra}"
+  return patterns
 
 
 def param_labels(params: Any, patterns: Mapping[str, str]) -> Any:
@@ -76,9 +88,12 @@ def make_schedule(peak: float, *, schedule: str, warmup_steps: int,
 
 
 def group_hyperparameters(
-    optim_config: ml_collections.ConfigDict) -> dict[str, tuple[float, float]]:
+    optim_config: ml_collections.ConfigDict,
+    mixer_no_decay: Sequence[str] = ()) -> dict[str, tuple[float, float]]:
   """``{group: (peak learning rate, weight decay)}``, default group included."""
   hyper = {DEFAULT_GROUP: (optim_config.learning_rate, optim_config.weight_decay)}
+  if mixer_no_decay and NO_DECAY_GROUP not in optim_config.groups:
+    hyper[NO_DECAY_GROUP] = (optim_config.learning_rate, 0.0)
   for name, group in optim_config.groups.items():
     lr = group.get("learning_rate")
     wd = group.get("weight_decay")
@@ -88,10 +103,16 @@ def group_hyperparameters(
 
 
 def make_optimizer(
-    optim_config: ml_collections.ConfigDict, total_steps: int
+    optim_config: ml_collections.ConfigDict, total_steps: int, *,
+    mixer_no_decay: Sequence[str] = ()
 ) -> tuple[optax.GradientTransformation, dict[str, optax.Schedule],
            Callable[[Any], Any]]:
   """Builds the optimizer.
+
+  ``mixer_no_decay``: names of mixer parameters that take no weight decay
+  whatever the config says (the mixer class's ``NO_WEIGHT_DECAY``, e.g. Mamba-2's
+  ``A_log``, ``D`` and ``dt_bias`` as in the official code); they join the
+  ``no_decay`` group (created with weight decay 0 if the config has none).
 
   Returns:
     ``(tx, schedules, labels_fn)``: the transformation (its update needs the
@@ -100,9 +121,10 @@ def make_optimizer(
   """
   if optim_config.optimizer != "adamw":
     raise ValueError(f"optim.optimizer={optim_config.optimizer!r} is not 'adamw'")
-  patterns = group_patterns(optim_config)
+  patterns = group_patterns(optim_config, mixer_no_decay)
   schedules, transforms = {}, {}
-  for name, (lr, wd) in group_hyperparameters(optim_config).items():
+  for name, (lr, wd) in group_hyperparameters(
+      optim_config, mixer_no_decay).items():
     schedules[name] = make_schedule(
         lr, schedule=optim_config.schedule,
         warmup_steps=optim_config.warmup_steps, total_steps=total_steps)

@@ -31,6 +31,7 @@ import optax
 import orbax.checkpoint as ocp
 import tqdm
 
+import layers
 import models
 from configs import validate
 from data import pipeline
@@ -49,20 +50,54 @@ class TrainState:
   step: jax.Array  # int32 scalar: optimizer steps taken.
   params: Any
   batch_stats: Any  # BatchNorm running statistics ({} without BatchNorm).
+  # Non-trainable variables fixed at init (SGConv's kernel norm); {} if none.
+  constants: Any
   opt_state: Any
 
 
-def _weighted_classification(logits, targets, weight):
-  """Sums of weighted cross-entropy and correct predictions, and the weight."""
+def _loss_sums(logits, batch) -> dict[str, jax.Array]:
+  """Weighted sums the loss and the metrics are means of.
+
+  ``logits [b, classes]`` (one label per sequence) or ``[b, t, vocab]`` (one
+  target per position, counted where ``batch["target_mask"]``). Returns
+  ``loss_sum`` / ``loss_count`` (cross-entropy per example, or per target
+  token), ``correct`` / ``count`` (accuracy per example; with token targets an
+  example is correct when all its target tokens are), and with token targets
+  ``token_correct`` (over ``loss_count``). Padding rows have weight 0.
+  """
+  targets, weight = batch["targets"], batch["weight"]
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-  correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
-  return (jnp.sum(ce * weight), jnp.sum(correct * weight), jnp.sum(weight))
+  hit = jnp.argmax(logits, axis=-1) == targets
+  if logits.ndim == 2:
+    count = jnp.sum(weight)
+    return {"loss_sum": jnp.sum(ce * weight), "loss_count": count,
+            "correct": jnp.sum(hit.astype(jnp.float32) * weight),
+            "count": count}
+  target_mask = batch["target_mask"]
+  token_weight = target_mask.astype(jnp.float32) * weight[:, None]
+  all_hit = jnp.all(hit | ~target_mask, axis=1).astype(jnp.float32)
+  return {"loss_sum": jnp.sum(ce * token_weight),
+          "loss_count": jnp.sum(token_weight),
+          "correct": jnp.sum(all_hit * weight), "count": jnp.sum(weight),
+          "token_correct": jnp.sum(hit.astype(jnp.float32) * token_weight)}
+
+
+def _means(sums) -> dict[str, Any]:
+  """Loss and accuracies from the sums of :func:`_loss_sums`."""
+  loss_count = jnp.maximum(sums["loss_count"], 1.0)
+  means = {"loss": sums["loss_sum"] / loss_count,
+           "accuracy": sums["correct"] / jnp.maximum(sums["count"], 1.0)}
+  if "token_correct" in sums:
+    means["token_accuracy"] = sums["token_correct"] / loss_count
+  return means
 
 
 def _variables(state: TrainState) -> dict:
   variables = {"params": state.params}
   if state.batch_stats:
     variables["batch_stats"] = state.batch_stats
+  if state.constants:
+    variables["constants"] = state.constants
   return variables
 
 
@@ -81,12 +116,10 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation):
       logits, updates = model.apply(
           variables, batch["inputs"], batch["mask"], train=True,
           rngs={"dropout": step_rng}, mutable=["batch_stats"])
-      loss_sum, correct, count = _weighted_classification(
-          logits, batch["targets"], batch["weight"])
-      count = jnp.maximum(count, 1.0)
-      return loss_sum / count, (updates, correct / count)
+      means = _means(_loss_sums(logits, batch))
+      return means["loss"], (updates, means)
 
-    (loss, (updates, accuracy)), grads = jax.value_and_grad(
+    (loss, (updates, means)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(state.params)
     param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
     new_state = state.replace(
@@ -94,8 +127,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation):
         params=optax.apply_updates(state.params, param_updates),
         batch_stats=updates.get("batch_stats", state.batch_stats),
         opt_state=opt_state)
-    metrics = {"loss": loss, "accuracy": accuracy,
-               "grad_norm": optax.global_norm(grads)}
+    del loss  # In means.
+    metrics = dict(means, grad_norm=optax.global_norm(grads))
     return new_state, metrics
 
   return train_step
@@ -107,16 +140,14 @@ def make_eval_step(model: nn.Module):
   def eval_step(state: TrainState, batch: dict):
     logits = model.apply(_variables(state), batch["inputs"], batch["mask"],
                          train=False)
-    loss_sum, correct, count = _weighted_classification(
-        logits, batch["targets"], batch["weight"])
-    return {"loss_sum": loss_sum, "correct": correct, "count": count}
+    return _loss_sums(logits, batch)
 
   return eval_step
 
 
 def evaluate(eval_step, state: TrainState, batches, sharding,
              max_steps: int | None = None) -> dict[str, float]:
-  """Weighted mean loss and accuracy over ``batches`` (each example once)."""
+  """Weighted mean loss and accuracies over ``batches`` (each example once)."""
   sums = None
   for i, batch in enumerate(batches):
     if max_steps is not None and i >= max_steps:
@@ -126,10 +157,9 @@ def evaluate(eval_step, state: TrainState, batches, sharding,
   if sums is None:
     raise ValueError("evaluation saw no batch")
   sums = jax.device_get(sums)
-  count = float(sums["count"])
-  return {"loss": float(sums["loss_sum"]) / count,
-          "accuracy": float(sums["correct"]) / count,
-          "num_examples": count}
+  result = {k: float(v) for k, v in _means(sums).items()}
+  result["num_examples"] = float(sums["count"])
+  return result
 
 
 def _unbox_without_constraints(tree):
@@ -189,7 +219,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   eval_every = config.train.eval_every_steps or steps_per_epoch
 
   model = models.build_model(config.model, info)
-  tx, schedules, _ = optim_lib.make_optimizer(config.optim, total_steps)
+  mixer_cls = layers.get_mixer(config.model.mixer)
+  tx, schedules, _ = optim_lib.make_optimizer(
+      config.optim, total_steps,
+      mixer_no_decay=getattr(mixer_cls, "NO_WEIGHT_DECAY", ()))
 
   mesh = partitioning.make_mesh(config.mesh, devices)
   rules = partitioning.axis_rules(config.mesh)
@@ -225,6 +258,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     state_sharding = TrainState(
         step=replicated, params=params_sharding,
         batch_stats=var_shardings.get("batch_stats", {}),
+        constants=var_shardings.get("constants", {}),
         opt_state=opt_sharding)
 
     def create_state(rng):
@@ -232,6 +266,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       params = variables["params"]
       return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                         batch_stats=variables.get("batch_stats", {}),
+                        constants=variables.get("constants", {}),
                         opt_state=tx.init(params))
 
     abstract_state = _abstract(jax.eval_shape(create_state, init_rng),
@@ -363,3 +398,55 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     manager.close()
     best_manager.close()
     return result
+
+
+def restore_model(config: ml_collections.ConfigDict, workdir: str, *,
+                  best: bool = True, info=None) -> tuple[nn.Module, dict, int]:
+  """The model of a run and its trained variables, on one device.
+
+  Args:
+    config: the run's config.
+    workdir: the run directory ``train_and_evaluate`` wrote.
+    best: restore the best-by-validation checkpoint (else the latest one).
+    info: the task's ``TaskInfo`` (default: from ``config.data``).
+
+  Returns:
+    ``(model, variables, step)``: ``model.apply(variables, inputs, mask)``
+    evaluates the checkpoint of optimizer step ``step``.
+  """
+  if info is None:
+    info = validate.find_task(config.data.task).info(config.data)
+  model = models.build_model(config.model, info)
+  mixer_cls = layers.get_mixer(config.model.mixer)
+  tx, _, _ = optim_lib.make_optimizer(
+      config.optim, max(config.optim.warmup_steps + 1, 2),
+      mixer_no_decay=getattr(mixer_cls, "NO_WEIGHT_DECAY", ()))
+  inputs = (jnp.zeros((1, info.max_length), jnp.int32)
+            if info.input_kind == "tokens" else
+            jnp.zeros((1, info.max_length, info.input_channels), jnp.float32))
+
+  def create_state(rng):
+    variables = _unbox_without_constraints(model.init(
+        {"params": rng, "dropout": rng}, inputs,
+        jnp.ones((1, info.max_length), bool), train=False))
+    return TrainState(step=jnp.zeros((), jnp.int32),
+                      params=variables["params"],
+                      batch_stats=variables.get("batch_stats", {}),
+                      constants=variables.get("constants", {}),
+                      opt_state=tx.init(variables["params"]))
+
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.eval_shape(create_state, jax.random.key(0))
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+      abstract)
+  directory = os.path.join(workdir, "checkpoints_best" if best else "checkpoints")
+  manager = _checkpoint_manager(directory, max_to_keep=1, best=best)
+  step = manager.best_step() if best else manager.latest_step()
+  if step is None:
+    manager.close()
+    raise FileNotFoundError(f"no checkpoint in {directory}")
+  state = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract)))["state"]
+  manager.close()
+  return model, _variables(state), int(step)
