@@ -170,6 +170,9 @@ def main():
   parser.add_argument("--workdir", default="runs/state_collapse")
   parser.add_argument("--data-dir", default=None,
                       help="TFDS directory (config.data.data_dir)")
+  parser.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
+                      help="config overrides, e.g. data.lm_loss=true "
+                           "data.max_length=1024")
   parser.add_argument("--multiples", type=int, nargs="+",
                       default=[1, 2, 4, 8, 16])
   parser.add_argument("--num-examples", type=int, default=128)
@@ -188,6 +191,18 @@ def main():
   config = load_config(args.config)
   if args.data_dir is not None:
     config.data.data_dir = args.data_dir
+  for item in args.set:
+    field, _, value = item.partition("=")
+    *parents, leaf = field.split(".")
+    node = config
+    for name in parents:
+      node = node[name]
+    old = node[leaf]
+    if isinstance(old, bool):
+      value = value.lower() in ("1", "true", "yes")
+    elif old is not None:
+      value = type(old)(value)
+    node[leaf] = value
   t0 = time.perf_counter()
   train_result = None
   if not args.no_train:

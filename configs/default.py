@@ -72,6 +72,9 @@ def get_config(preset: str = "full") -> ml_collections.ConfigDict:
   # Passkey probe: where the key sentence sits in the filler (0 = start,
   # 1 = end); None = uniform at random per example.
   data.passkey_depth = config_dict.placeholder(float)
+  # Probes: train on every next token (a language model) instead of on the
+  # answer tokens only; the accuracy always scores the answer.
+  data.lm_loss = False
   # Associative-recall probe (MQAR): key-value pairs per sequence.
   data.num_kv_pairs = 8
   # MQAR: exponent of the power law of the gaps between queries (zoology's

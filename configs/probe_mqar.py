@@ -29,6 +29,7 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
   data.mqar_power_a = 0.01
   data.mqar_vocab_size = 8192
   data.mqar_random_non_queries = True
+  data.lm_loss = False  # Zoology's loss: the queried values only.
   if preset == "full":
     data.max_length = 256
   elif preset == "test":

@@ -9,6 +9,11 @@ the Inability to Forget" (arXiv 2410.07145), which are switches on the Mamba-2 l
 fourth remedy, training on longer sequences, is this file with a larger
 ``data.max_length``.
 
+The model is a language model: it is trained on every next token of the prompt
+(``data.lm_loss = True``; the filler, the key sentence, the question and the
+answer), and its accuracy scores the answer digits (exact match of all of them).
+With ``--config.data.lm_loss=False`` only the answer digits are in the loss.
+
 Model: the Mamba-2 language-model block (pre-norm RMSNorm -> Mamba2 -> + x, no
 feed-forward, a final RMSNorm), as the official MambaLMHeadModel stacks it
 (state-spaces/mamba ``mamba_ssm/models/mixer_seq_simple.py``). Optimizer: AdamW with
@@ -69,6 +74,7 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
   data.task = "passkey"
   data.key_length = 5
   data.passkey_depth = None  # Uniform depth in training.
+  data.lm_loss = True
   train = config.train
 
   if preset == "full":

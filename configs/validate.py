@@ -337,6 +337,10 @@ def _validate_mamba2(m2: ml_collections.ConfigDict, d_model: int) -> None:
   _check_float("model.mamba2.state_norm", m2.state_norm, low=0.0,
                low_open=True, optional=True)
   _check_int("model.mamba2.window", m2.window, minimum=1, optional=True)
+  if m2.window is not None and m2.state_norm is not None:
+    _fail("model.mamba2.window", m2.window,
+          f"cannot be combined with model.mamba2.state_norm={m2.state_norm!r}: "
+          "the state difference is exact only for the linear recurrence")
 
 
 def _validate_sgconv(sg: ml_collections.ConfigDict) -> None:

@@ -619,10 +619,40 @@ def prepare(name: str, data_config: Any) -> tfds.core.GeneratorBasedBuilder:
   return builder
 
 
+def with_lm_loss(element: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Adds ``loss_mask``: train on every next token (a language model).
+
+  ``targets[i]`` becomes ``inputs[i + 1]`` at every real position but the last
+  (at the answer positions that is the answer token already), and
+  ``loss_mask`` marks them; ``target_mask`` still marks the answer, which the
+  accuracy scores.
+  """
+  out = dict(element)
+  n = int(element["mask"].sum())
+  targets = np.zeros_like(element["targets"])
+  targets[:n - 1] = element["inputs"][1:n]
+  if not np.array_equal(targets[element["target_mask"]],
+                        element["targets"][element["target_mask"]]):
+    raise ValueError("the answer targets are not the next input tokens")
+  loss_mask = np.zeros_like(element["mask"])
+  loss_mask[:n - 1] = True
+  out["targets"], out["loss_mask"] = targets, loss_mask
+  return out
+
+
 def preprocess(example: Mapping[str, Any], data_config: Any) -> dict[str, np.ndarray]:
-  """Sparse stored example -> dense element padded to ``data.max_length``."""
-  return _densify(example["inputs"], example["target_positions"], example["target_ids"],
-                  _field(data_config, "max_length", 2000))
+  """Sparse stored example -> dense element padded to ``data.max_length``.
+
+  Every element has ``loss_mask`` (the positions in the training loss): the
+  answer positions (``target_mask``), or, with ``data.lm_loss``, every position
+  that has a next token (:func:`with_lm_loss`).
+  """
+  element = _densify(example["inputs"], example["target_positions"],
+                     example["target_ids"], _field(data_config, "max_length", 2000))
+  if _field(data_config, "lm_loss", False):
+    return with_lm_loss(element)
+  element["loss_mask"] = element["target_mask"].copy()
+  return element
 
 
 def _make_task(name: str, vocab_size) -> tasks.Task:

@@ -11,7 +11,11 @@ fixed-shape numpy arrays so that batches stack without further padding:
                (``"tokens"``: a causal language model has seen ``inputs[:i+1]``
                when it predicts ``targets[i]``);
   ``target_mask``: bool ``[t]``, only with ``"tokens"``: the positions whose
-               targets count in the loss and the metrics.
+               targets count in the metrics (and in the loss, without ``loss_mask``);
+  ``loss_mask``: bool ``[t]``, optional with ``"tokens"``: the positions in the
+               training loss when they differ from ``target_mask`` (e.g. every
+               next token of a language model whose accuracy is scored on an
+               answer only).
 """
 import dataclasses
 from typing import Any, Callable, Mapping, Protocol, Sequence

@@ -37,7 +37,11 @@ Performance (CPU, float32, b=4 h=8 p=64 n=64 g=1, Q=64; see
 benchmarks/bench_ssd.py): the chunked form has a hand-written backward pass
 (``_chunked_core``) whose products are batched matmuls on operands already in
 the layout the matmul wants; ``precision=HIGHEST`` costs nothing on CPU (same
-timings as the default) and keeps float32 on GPU/TPU.
+timings as the default) and keeps float32 on GPU/TPU. The in-chunk cumulative
+sums are products with a triangular matrix (``_chunk_cumsum``), the chunk
+recurrence is a loop that writes along the chunk axis in place
+(``_chunk_recurrence``), and the backward gathers every ``acs_j`` term into
+``u_j . du_j`` (which ``dt`` needs anyway); see those for the measured reasons.
 
 Shapes (jaxtyping names): ``b`` batch, ``t`` time, ``h`` heads, ``p`` head dim,
 ``g`` groups of ``B``/``C``, ``n`` state size, ``c`` chunks. Computation is in
@@ -349,6 +353,24 @@ def _rsum(v, axis):
                              precision=_HI)
 
 
+def _chunk_cumsum(a, *, reverse=False):
+  """Inclusive cumulative sum over the time axis ``2`` of ``a [b, c, Q, h]``,
+  returned head-major ``[b, c, h, Q]`` (``reverse``: sums from the end).
+
+  A product with a triangular matrix of ones rather than ``jnp.cumsum``:
+  XLA:CPU (jaxlib 0.10) lowers the cumsum to a two-level reduce-window whose
+  second level is re-fused into every consumer, and a consumer that
+  broadcasts it to ``[.., Q, Q]`` (the decay matrix) then runs about 10x
+  slower than on a materialised operand. The terms are the same (same sign),
+  summed in another order.
+  """
+  Q = a.shape[2]
+  u = jax.lax.broadcasted_iota(jnp.int32, (Q, Q), 0)
+  i = jax.lax.broadcasted_iota(jnp.int32, (Q, Q), 1)
+  tri = (u >= i if reverse else u <= i).astype(a.dtype)    # [u, i]
+  return jax.lax.dot_general(a, tri, (((2,), (0,)), ((), ())), precision=_HI)
+
+
 def _chunk_terms(x, dt, A, B, Cs, Q):
   """Per-chunk operands in the layouts the matmuls want.
 
@@ -362,8 +384,9 @@ def _chunk_terms(x, dt, A, B, Cs, Q):
   m = Cs.shape[0]
   k, c = h // g, T // Q
   a = (dt * A[None, None, :]).reshape(b, c, Q, h)
-  acs = jnp.cumsum(a, axis=2)                                # [b, c, Q, h]
-  acs_h = jnp.moveaxis(acs, 2, 3).reshape(b, c, g, k, Q)
+  acs_hq = _chunk_cumsum(a)                                  # [b, c, h, Q]
+  acs = jnp.swapaxes(acs_hq, 2, 3)                           # [b, c, Q, h]
+  acs_h = acs_hq.reshape(b, c, g, k, Q)
   seg = acs_h[..., :, None] - acs_h[..., None, :]            # [b,c,g,k,i,j]
   Lmat = jnp.exp(jnp.where(_tri(Q, lead=4), seg, -jnp.inf))
   u = (x * dt[..., None]).reshape(b, c, Q, g, k * p)
@@ -394,6 +417,51 @@ def _scores(CB, Lmat):
   return S.reshape(b, c, g, k, m * Q, Q)
 
 
+def _chunk_recurrence(decay, new, s0, *, reverse=False):
+  """``s_{c+1} = decay_c s_c + new_c`` over the chunk axis ``1``.
+
+  Args:
+    decay: ``[b, c, h]`` per-chunk, per-head factors.
+    new: ``[b, c, g, n, (k p)]`` per-chunk inputs.
+    s0: ``[b, g, n, (k p)]`` the state entering the first chunk (the last
+      one for ``reverse``).
+
+  Returns:
+    ``(final, states)``: the state after the last step and ``states
+    [b, c, g, n, (k p)]``, the state entering each chunk (``reverse``: with
+    the chunks taken last to first, as entering the step from the right).
+
+  A ``fori_loop`` that reads ``new`` and writes the states in place along
+  the chunk axis: ``lax.scan`` wants the chunk axis leading, i.e. transposed
+  copies of ``new`` and of the states. (Writing the states over ``new`` in
+  place makes XLA copy the whole buffer every step.)
+  """
+  b, c, g, n, kp = new.shape
+  k = decay.shape[2] // g
+  p = kp // k
+  # (g n) as one axis: a size-1 g axis gets its own layout in the loop,
+  # which costs a physically no-op copy of the whole buffer.
+  new = new.reshape(b, c, g * n, kp)
+
+  def body(i, carry):
+    state, buf = carry
+    ci = c - 1 - i if reverse else i
+    inp = jax.lax.dynamic_index_in_dim(new, ci, 1, keepdims=False)
+    dec = jax.lax.dynamic_index_in_dim(decay, ci, 1, keepdims=False)
+    buf = jax.lax.dynamic_update_index_in_dim(buf, state, ci, 1)
+    # Read back from the buffer: the carried state then dies at the write,
+    # so XLA needs no copy of it to update it in place.
+    state = jax.lax.dynamic_index_in_dim(buf, ci, 1, keepdims=False)
+    nxt = dec.reshape(b, g, 1, k, 1) * state.reshape(b, g, n, k, p)
+    return nxt.reshape(b, g * n, kp) + inp, buf
+
+  # The output buffer starts as a copy of ``new`` (every slot is
+  # overwritten): cheaper than materialising zeros.
+  final, states = jax.lax.fori_loop(
+      0, c, body, (s0.reshape(b, g * n, kp), new))
+  return final.reshape(b, g, n, kp), states.reshape(b, c, g, n, kp)
+
+
 def _chunk_forward(x, dt, A, B, Cs, state0, Q):
   b, T, h, p = x.shape
   g, n = B.shape[2:]
@@ -408,19 +476,10 @@ def _chunk_forward(x, dt, A, B, Cs, state0, Q):
   #    [b, c, g, n, (k p)].
   uw = (ut.reshape(b, c, g, Q, k, p) * w).reshape(b, c, g, Q, k * p)
   BtT = jnp.swapaxes(Bt, 3, 4)                               # [b,c,g,n,j]
-  chunk_states = jnp.moveaxis(_bmm(BtT, uw, 4, 3, 3), 1, 0)  # [c,b,g,n,kp]
+  chunk_states = _bmm(BtT, uw, 4, 3, 3)                      # [b,c,g,n,kp]
   # 3. Recurrence over chunks (c sequential steps of size b h p n).
   s0 = jnp.moveaxis(state0.reshape(b, g, k * p, n), 3, 2)   # [b, g, n, kp]
-  decay_t = jnp.moveaxis(chunk_decay, 1, 0).reshape(c, b, g, 1, k, 1)
-
-  def step(state, inp):
-    decay, new = inp
-    state_kp = state.reshape(b, g, n, k, p)
-    nxt = (decay * state_kp).reshape(b, g, n, k * p) + new
-    return nxt, state
-
-  final, states_in = jax.lax.scan(step, s0, (decay_t, chunk_states))
-  states_in = jnp.moveaxis(states_in, 0, 1)                 # [b,c,g,n,kp]
+  final, states_in = _chunk_recurrence(chunk_decay, chunk_states, s0)
   # 4. Off-diagonal blocks: the entering state read out inside the chunk.
   y_off = _bmm(Ct, states_in, 4, 3, 3)                       # [b,c,g,(m i),kp]
   y_off = y_off.reshape(b, c, g, m, Q, k, p) * E
@@ -483,7 +542,7 @@ def _chunked_core_bwd(Q, res, cts):
   g, n = B.shape[2:]
   m = Cs.shape[0]
   k, c = h // g, T // Q
-  acs, Lmat, ut, uh, Bt, Ct, CB = _chunk_terms(x, dt, A, B, Cs, Q)
+  acs, _, ut, uh, Bt, Ct, _ = _chunk_terms(x, dt, A, B, Cs, Q)
   E, w, chunk_decay = _decay_terms(acs, g, k)
   # dy in the forward's internal layout [b, c, g, m, i, k, p].
   dyt = jnp.moveaxis(dy.reshape(m, b, c, Q, g, k, p), (0, 4), (3, 2))
@@ -504,16 +563,7 @@ def _chunked_core_bwd(Q, res, cts):
   dH = _bmm(CtT, dz, 4, 3, 3) + d_states_in                  # [b,c,g,n,kp]
 
   # 3. Reverse recurrence: lam_c = e_c lam_{c+1} + dH_c, d st_c = lam_{c+1}.
-  decay_t = jnp.moveaxis(chunk_decay, 1, 0).reshape(c, b, g, 1, k, 1)
-
-  def step(lam, inp):
-    decay, dh = inp
-    nxt = (decay * lam.reshape(b, g, n, k, p)).reshape(b, g, n, k * p) + dh
-    return nxt, lam
-
-  d_s0, d_st = jax.lax.scan(step, d_final, (decay_t, jnp.moveaxis(dH, 1, 0)),
-                            reverse=True)
-  d_st = jnp.moveaxis(d_st, 0, 1)                            # [b,c,g,n,kp]
+  d_s0, d_st = _chunk_recurrence(chunk_decay, dH, d_final, reverse=True)
   d_decay = _rsum(_rsum((d_st * states_in).reshape(b, c, g, n, k, p), -1), 3)
   d_decay = d_decay.reshape(b, c, h) * chunk_decay
 
@@ -524,7 +574,7 @@ def _chunked_core_bwd(Q, res, cts):
   dBt = _bmm(uw, d_st, 4, 4, 3)                              # [b,c,g,j,n]
   dut = duw * w
   dw = _rsum(duw * u6, -1) * w[..., 0]                       # [b,c,g,Q,k]
-  d_acs = d_acs - dw
+  # (-dw, the j-side of w_j, is in the u . du term at the end.)
   d_last = _rsum(dw, 3).reshape(b, c, h) + d_decay           # [b, c, h]
 
   # 1. y_diag = (CB o L) u, per head; worked in the transposed (j, i)
@@ -544,20 +594,31 @@ def _chunked_core_bwd(Q, res, cts):
   # _rsum).
   dCBT = sum(dST[:, :, :, kk] * LT[:, :, :, kk, :, None]
              for kk in range(k))                             # [b,c,g,j,m,i]
-  dsegT = sum(dST[:, :, :, :, :, mm] * CBT[:, :, :, None, :, mm]
-              for mm in range(m)) * LT                       # [b,c,g,k,j,i]
-  d_acs = d_acs + jnp.swapaxes(_rsum(dsegT, -2) - _rsum(dsegT, -1), 3, 4)
+  # d seg = dS o CB o L = dS o S (summed over the queries).
+  dsegT = (dST * ST.reshape(dST.shape)).reshape(b * c * g * k, Q, m, Q)
+  dsegT = sum(dsegT[:, :, mm] for mm in range(m))            # [(b c g k), j, i]
+  # The i-side of seg_ij = acs_i - acs_j: column sums, as a batched product
+  # with ones (a plain reduction or a dot contracting the second-minor axis
+  # makes XLA:CPU transpose dsegT first). The j-side, sum_i dsegT[j, i] =
+  # u_j . duh_j, is in the u . du term at the end.
+  ones = jnp.ones((b * c * g * k, Q, 1), jnp.float32)
+  d_seg_i = _bmm(dsegT, ones, 1, 1, 1)[..., 0]               # sum over j
+  d_acs = d_acs + jnp.swapaxes(d_seg_i.reshape(b, c, g, k, Q), 3, 4)
   dCBT = dCBT.reshape(b, c, g, Q, m * Q)
   dCt = dCt + _bmm(dCBT, Bt, 3, 3, 3)
   dBt = dBt + _bmm(dCBT, Ct, 4, 3, 3)
 
   # acs = cumsum(dt A) inside each chunk; u = dt x.
-  d_acs = jnp.swapaxes(d_acs, 2, 3).reshape(b, c, Q, h)
-  d_acs = d_acs.at[:, :, -1, :].add(d_last)
-  da = jnp.flip(jnp.cumsum(jnp.flip(d_acs, 2), axis=2), 2).reshape(b, T, h)
   du = jnp.swapaxes(dut, 2, 3).reshape(b, T, h, p)
+  # Every j-side term of acs (w_j and seg_ij) multiplies u_j = dt_j x_j, and
+  # together they are -u_j . du_j = -dt_j (x_j . du_j), which dt needs too.
+  x_du = _rsum(du * x, -1)                                   # [b, T, h]
+  d_acs = jnp.swapaxes(d_acs, 2, 3).reshape(b, c, Q, h)
+  d_acs = d_acs - (dt * x_du).reshape(b, c, Q, h)
+  d_acs = d_acs.at[:, :, -1, :].add(d_last)
+  da = jnp.swapaxes(_chunk_cumsum(d_acs, reverse=True), 2, 3).reshape(b, T, h)
   dx = du * dt[..., None]
-  ddt = _rsum(du * x, -1) + da * A[None, None, :]
+  ddt = x_du + da * A[None, None, :]
   dA = _rsum((da * dt).reshape(b * T, h), 0)
   dB = jnp.swapaxes(dBt, 2, 3).reshape(b, T, g, n)
   dCs = jnp.moveaxis(dCt.reshape(b, c, g, m, Q, n), (3, 2), (0, 4))

@@ -18,13 +18,14 @@ from jaxtyping import Array, Bool, Complex, Float
 from kernels import Impl, dplr, hippo
 from kernels.fftconv import fftconv
 from kernels.vandermonde import DISCRETIZATIONS, discretize_diag, s4d_kernel
+from layers.activations import gelu_exact
 from layers.registry import register_mixer
 
 MODES = ("dplr", "diag")
 INITS = ("legs", "lin", "inv")
 ACTIVATIONS = {
     # torch.nn.GELU (the official default) is the exact erf form.
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu": gelu_exact,
     "silu": jax.nn.silu,
     "none": lambda x: x,
 }

@@ -28,6 +28,7 @@ from jaxtyping import Array, Bool, Float
 
 from kernels import Impl
 from kernels.fftconv import fftconv
+from layers.activations import gelu_exact
 from layers.registry import register_mixer
 
 # The fixed kernel norm lives outside "params" (it is not trained); whoever
@@ -37,7 +38,7 @@ NORM_COLLECTION = "constants"
 ACTIVATIONS = {
     # torch.nn.GELU (official default, GConv activation='gelu') is the exact
     # erf form.
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu": gelu_exact,
     "silu": jax.nn.silu,
     "relu": jax.nn.relu,
     "tanh": jnp.tanh,

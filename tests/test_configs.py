@@ -168,3 +168,60 @@ def test_entry_point_names_an_unknown_field():
       cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
   assert proc.returncode != 0
   assert "model.s4.d_stat" in proc.stderr and "d_state" in proc.stderr
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("model.mamba2.head_dim", 48, "does not divide the inner width"),
+    ("model.mamba2.n_groups", 3, "does not divide the 4 heads"),
+    ("model.mamba2.decay_scale", 0.5, "must be >= 1.0"),
+    ("model.mamba2.insert_scale", 1.5, "must be <= 1.0"),
+    ("model.mamba2.impl", "pallas", "is not one of"),
+    ("model.mamba2.window", 0, "must be >= 1"),
+    ("model.mamba2.d_conv", 0, "must be >= 1"),
+    ("model.mamba2.unknown_field", 1, "does not have"),
+])
+def test_mamba2_config_errors_name_the_field(field, value, message):
+  _require("data.probes")
+  from configs import probe_passkey  # pylint: disable=g-import-not-at-top
+  config = probe_passkey.get_config("test")
+  *parents, leaf = field.split(".")
+  node = config
+  for p in parents:
+    node = node[p]
+  with config.unlocked():
+    node[leaf] = value
+  with pytest.raises(ValueError, match=message) as e:
+    validate.validate_config(config, num_devices=1)
+  assert field.rsplit(".", 1)[0] in str(e.value)
+
+
+def test_probe_configs_reject_a_bidirectional_mixer_and_mixed_mitigations():
+  _require("data.probes")
+  from configs import probe_passkey  # pylint: disable=g-import-not-at-top
+  config = probe_passkey.get_config("test")
+  config.model.mamba2.window = 8
+  config.model.mamba2.state_norm = 1.0
+  with pytest.raises(ValueError, match="model.mamba2.window=8 cannot be combined"):
+    validate.validate_config(config, num_devices=1)
+  config = probe_passkey.get_config("test")
+  config.model.mixer = "sgconv"
+  config.model.output = "glu"
+  config.model.sgconv.bidirectional = True
+  with pytest.raises(ValueError, match="model.sgconv.bidirectional=True is impossible"):
+    validate.validate_config(config, num_devices=1)
+  config.model.sgconv.bidirectional = False
+  validate.validate_config(config, num_devices=1)
+
+
+def test_sgconv_config_errors_name_the_field():
+  _require("data.listops")
+  config = _listops_test_config()
+  config.model.mixer = "sgconv"
+  config.model.sgconv.l_max = 10
+  with pytest.raises(ValueError, match="model.sgconv.l_max=10 is shorter"):
+    validate.validate_config(config, num_devices=1)
+  config.model.sgconv.l_max = None
+  config.model.sgconv.channels = 2
+  config.model.output = "none"
+  with pytest.raises(ValueError, match="model.output='none' cannot follow"):
+    validate.validate_config(config, num_devices=1)

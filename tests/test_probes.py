@@ -25,7 +25,7 @@ def _data_config(tmp_path, **overrides):
 
 
 def _check_element(e, length):
-  assert set(e) == set(KEYS)
+  assert set(e) - {"loss_mask"} == set(KEYS)
   for k in KEYS:
     assert e[k].shape == (length,), k
   assert e["inputs"].dtype == np.int32 and e["targets"].dtype == np.int32
@@ -331,3 +331,21 @@ def test_tasks_are_registered():
   assert probes.MQAR_TASK.info(cfg) == data.TaskInfo(
       num_classes=1024, max_length=512, input_kind="tokens", vocab_size=1024, pad_id=0,
       output_kind="tokens")
+
+
+def test_lm_loss_trains_on_every_next_token_and_scores_the_answer(tmp_path):
+  cfg = _data_config(tmp_path)
+  task = data.get_task("passkey")
+  raw = task.sources(cfg)["train"][0]
+  answer_only = task.preprocess(raw, cfg)
+  np.testing.assert_array_equal(answer_only["loss_mask"], answer_only["target_mask"])
+  cfg_lm = _data_config(tmp_path, max_length=100)
+  cfg_lm.lm_loss = True
+  lm = task.preprocess(raw, cfg_lm)
+  n = int(lm["mask"].sum())
+  assert n == 96 and lm["loss_mask"].sum() == n - 1 and not lm["loss_mask"][n - 1:].any()
+  np.testing.assert_array_equal(lm["targets"][:n - 1], lm["inputs"][1:n])
+  # The scored answer is unchanged: the key digits, at the same positions.
+  np.testing.assert_array_equal(lm["target_mask"][:96], answer_only["target_mask"])
+  np.testing.assert_array_equal(lm["targets"][lm["target_mask"]],
+                                answer_only["targets"][answer_only["target_mask"]])

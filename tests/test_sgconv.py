@@ -348,3 +348,17 @@ def test_invalid_configs_and_lengths_raise():
     _init(_layer(impl="cuda"), x)
   with pytest.raises(ValueError, match="factor="):
     upsample_linear(jnp.ones(3), 0)
+
+
+def test_gelu_exact_matches_the_erf_gelu_and_its_gradient():
+  from layers.activations import gelu_exact  # pylint: disable=g-import-not-at-top
+  x = jnp.linspace(-8.0, 8.0, 1001, dtype=jnp.float32)
+  np.testing.assert_allclose(gelu_exact(x), jax.nn.gelu(x, approximate=False),
+                             rtol=1e-6, atol=1e-6)
+  xd = np.asarray(x, np.float64)  # torch's formula, in float64
+  np.testing.assert_allclose(
+      gelu_exact(x), 0.5 * xd * (1.0 + scipy.special.erf(xd / np.sqrt(2.0))),
+      rtol=1e-6, atol=1e-6)
+  grad = jax.vmap(jax.grad(gelu_exact))(x)
+  want = jax.vmap(jax.grad(lambda v: jax.nn.gelu(v, approximate=False)))(x)
+  np.testing.assert_allclose(grad, want, rtol=1e-5, atol=1e-6)

@@ -122,6 +122,18 @@ def test_forms_match_reference(form, t, Q, g, init):
   _compare(FORMS[form], args, dict(chunk_size=Q, return_chunk_states=init))
 
 
+@pytest.mark.parametrize("window", [None, 70])
+def test_chunked_at_the_default_chunk_size(window):
+  # Q = 64 as in the layer and the benchmark: the in-chunk cumulative sums
+  # (a product with a triangular matrix), the chunk recurrence over
+  # several chunks and a partial one, and the backward's gradient of the
+  # decays (the j-side terms gathered into u . du), with groups.
+  args = _inputs(5, b=1, t=200, h=4, p=3, g=2, n=4,
+                 init=window is None)
+  _compare(ssd_chunked, args, dict(chunk_size=64, window=window,
+                                   return_chunk_states=True))
+
+
 @pytest.mark.parametrize("r", [1, 3, 8, 19, 23, 40])
 def test_window_is_a_restart_r_tokens_back(r):
   """r = 1, < Q, = Q, k Q + m (19 = 2*8 + 3), = t, > t."""

@@ -59,11 +59,12 @@ def _loss_sums(logits, batch) -> dict[str, jax.Array]:
   """Weighted sums the loss and the metrics are means of.
 
   ``logits [b, classes]`` (one label per sequence) or ``[b, t, vocab]`` (one
-  target per position, counted where ``batch["target_mask"]``). Returns
-  ``loss_sum`` / ``loss_count`` (cross-entropy per example, or per target
-  token), ``correct`` / ``count`` (accuracy per example; with token targets an
-  example is correct when all its target tokens are), and with token targets
-  ``token_correct`` (over ``loss_count``). Padding rows have weight 0.
+  target per position). Returns ``loss_sum`` / ``loss_count`` (cross-entropy
+  per example, or per token of ``batch["loss_mask"]``, default
+  ``batch["target_mask"]``), ``correct`` / ``count`` (accuracy per example;
+  with token targets an example is correct when all its ``target_mask`` tokens
+  are), and with token targets ``token_correct`` / ``token_count`` (accuracy
+  per ``target_mask`` token). Padding rows have weight 0.
   """
   targets, weight = batch["targets"], batch["weight"]
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
@@ -74,21 +75,24 @@ def _loss_sums(logits, batch) -> dict[str, jax.Array]:
             "correct": jnp.sum(hit.astype(jnp.float32) * weight),
             "count": count}
   target_mask = batch["target_mask"]
+  loss_mask = batch.get("loss_mask", target_mask)
+  loss_weight = loss_mask.astype(jnp.float32) * weight[:, None]
   token_weight = target_mask.astype(jnp.float32) * weight[:, None]
   all_hit = jnp.all(hit | ~target_mask, axis=1).astype(jnp.float32)
-  return {"loss_sum": jnp.sum(ce * token_weight),
-          "loss_count": jnp.sum(token_weight),
+  return {"loss_sum": jnp.sum(ce * loss_weight),
+          "loss_count": jnp.sum(loss_weight),
           "correct": jnp.sum(all_hit * weight), "count": jnp.sum(weight),
-          "token_correct": jnp.sum(hit.astype(jnp.float32) * token_weight)}
+          "token_correct": jnp.sum(hit.astype(jnp.float32) * token_weight),
+          "token_count": jnp.sum(token_weight)}
 
 
 def _means(sums) -> dict[str, Any]:
   """Loss and accuracies from the sums of :func:`_loss_sums`."""
-  loss_count = jnp.maximum(sums["loss_count"], 1.0)
-  means = {"loss": sums["loss_sum"] / loss_count,
+  means = {"loss": sums["loss_sum"] / jnp.maximum(sums["loss_count"], 1.0),
            "accuracy": sums["correct"] / jnp.maximum(sums["count"], 1.0)}
   if "token_correct" in sums:
-    means["token_accuracy"] = sums["token_correct"] / loss_count
+    means["token_accuracy"] = sums["token_correct"] / jnp.maximum(
+        sums["token_count"], 1.0)
   return means
 
 
