@@ -20,11 +20,9 @@ import argparse
 import json
 import os
 import platform
-import resource
-import statistics
-import subprocess
 import sys
-import time
+
+import harness
 
 TARGETS = {
     # (config, length): seconds
@@ -100,29 +98,9 @@ def _build(config, L, args):
 
 def run_single(config, L, args):
   """Times one config in this process; returns a dict."""
-  import jax
   fn, fargs = _build(config, L, args)
-  t0 = time.perf_counter()
-  compiled = fn.lower(*fargs).compile()
-  compile_s = time.perf_counter() - t0
-  mem = compiled.memory_analysis()
-  mem_bytes = None
-  if mem is not None:
-    mem_bytes = int(mem.temp_size_in_bytes + mem.argument_size_in_bytes +
-                    mem.output_size_in_bytes)
-  for _ in range(args.warmup):
-    jax.block_until_ready(compiled(*fargs))
-  times, cpu_times = [], []
-  for _ in range(args.repeats):
-    t0, c0 = time.perf_counter(), time.process_time()
-    jax.block_until_ready(compiled(*fargs))
-    times.append(time.perf_counter() - t0)
-    cpu_times.append(time.process_time() - c0)
-  maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux KiB
-  return dict(config=config, L=L, median_s=statistics.median(times),
-              times_s=times, median_cpu_s=statistics.median(cpu_times),
-              compile_s=compile_s, xla_memory_bytes=mem_bytes,
-              maxrss_bytes=maxrss, loadavg=os.getloadavg()[0])
+  return dict(config=config, L=L, **harness.time_compiled(
+      fn, fargs, repeats=args.repeats, warmup=args.warmup))
 
 
 def _skip_reason(config, L, args):
@@ -134,17 +112,6 @@ def _skip_reason(config, L, args):
       L > args.layer_ref_max):
     return f"direct-sum convolution, L > {args.layer_ref_max}"
   return None
-
-
-def _fmt_s(x):
-  if x is None:
-    return "skipped"
-  return f"{x * 1e3:.1f} ms" if x < 1 else f"{x:.2f} s"
-
-
-def _fmt_b(x):
-  return "-" if x is None else f"{x / 2**30:.2f} GiB" if x >= 2**30 else (
-      f"{x / 2**20:.0f} MiB")
 
 
 def main():
@@ -175,13 +142,10 @@ def main():
   args = parser.parse_args()
 
   if args.single:
-    print("RESULT " + json.dumps(run_single(args.single[0],
-                                             int(args.single[1]), args)))
+    harness.print_result(run_single(args.single[0], int(args.single[1]),
+                                    args))
     return
 
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = dict(os.environ, PYTHONPATH=repo + os.pathsep +
-             os.environ.get("PYTHONPATH", ""))
   passthrough = ["--batch", str(args.batch), "--d-model", str(args.d_model),
                  "--d-state", str(args.d_state), "--repeats",
                  str(args.repeats), "--warmup", str(args.warmup), "--impl",
@@ -192,29 +156,10 @@ def main():
       reason = _skip_reason(config, L, args)
       row = dict(config=config, L=L, median_s=None, skipped=reason)
       if reason is None:
-        cmd = [sys.executable, os.path.abspath(__file__), "--single", config,
-               str(L)] + passthrough
-        # A fresh process per try: we have seen rare XLA:CPU runs that block
-        # forever with idle threads (jaxlib 0.10.2, dense-recurrence scan), so
-        # a timed-out config is retried.
-        for attempt in range(1 + args.retries):
-          try:
-            proc = subprocess.run(cmd, capture_output=True, text=True,
-                                  env=env, timeout=args.timeout, check=False)
-          except subprocess.TimeoutExpired:
-            row["skipped"] = f"timeout > {args.timeout:.0f} s"
-            row["attempts"] = attempt + 1
-            continue
-          lines = [l for l in proc.stdout.splitlines()
-                   if l.startswith("RESULT ")]
-          if lines:
-            row = json.loads(lines[-1][len("RESULT "):])
-            row["attempts"] = attempt + 1
-          else:
-            row["skipped"] = "failed: " + proc.stderr.strip()[-300:]
-          break
+        row = harness.run_isolated(__file__, (config, L), passthrough, row,
+                                   timeout=args.timeout, retries=args.retries)
       results.append(row)
-      print(f"{config:16s} L={L:6d} {_fmt_s(row['median_s']):>10s} "
+      print(f"{config:16s} L={L:6d} {harness.fmt_seconds(row['median_s']):>10s} "
             f"{row.get('skipped') or ''}", file=sys.stderr, flush=True)
 
   by = {(r["config"], r["L"]): r for r in results}
@@ -261,12 +206,12 @@ def main():
     spd = r.get("speedup_vs_reference")
     note = "" if r["median_s"] is not None else f" ({r['skipped']})"
     load = r.get("loadavg")
-    print(f"| {r['config']} | {r['L']} | {_fmt_s(r['median_s'])}{note} | "
-          f"{_fmt_s(r.get('median_cpu_s')) if r['median_s'] else '-'} | "
+    print(f"| {r['config']} | {r['L']} | {harness.fmt_seconds(r['median_s'])}{note} | "
+          f"{harness.fmt_seconds(r.get('median_cpu_s')) if r['median_s'] else '-'} | "
           f"{'-' if ratio is None else f'{ratio:.1f}x'} | "
           f"{'-' if spd is None else f'{spd:.1f}x'} | "
-          f"{_fmt_b(r.get('xla_memory_bytes'))} | "
-          f"{_fmt_b(r.get('maxrss_bytes'))} | "
+          f"{harness.fmt_bytes(r.get('xla_memory_bytes'))} | "
+          f"{harness.fmt_bytes(r.get('maxrss_bytes'))} | "
           f"{'-' if comp is None else f'{comp:.1f} s'} | "
           f"{'-' if load is None else f'{load:.1f}'} |")
   print("\nTargets:")
@@ -274,10 +219,10 @@ def main():
     status = {True: "MET", False: "MISSED", None: "not measured"}[t["met"]]
     if "limit_s" in t:
       print(f"  {t['config']} fwd+bwd at L={t['L']}: "
-            f"{_fmt_s(t['median_s'])} <= {_fmt_s(t['limit_s'])}: {status}")
+            f"{harness.fmt_seconds(t['median_s'])} <= {harness.fmt_seconds(t['limit_s'])}: {status}")
     else:
       print(f"  {t['config']} peak memory at L={t['L']}: "
-            f"{_fmt_b(t['peak_bytes'])} <= {_fmt_b(t['limit_bytes'])}: {status}")
+            f"{harness.fmt_bytes(t['peak_bytes'])} <= {harness.fmt_bytes(t['limit_bytes'])}: {status}")
 
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, "w") as f:

@@ -20,11 +20,9 @@ import argparse
 import json
 import os
 import platform
-import resource
-import statistics
-import subprocess
 import sys
-import time
+
+import harness
 
 CONFIGS = ("layer", "layer_fwd", "layer_bidir", "layer_ref")
 REFERENCE_OF = {"layer": "layer_ref"}
@@ -69,47 +67,15 @@ def _build(config, L, args):
 
 def run_single(config, L, args):
   """Times one config in this process; returns a dict."""
-  import jax
   fn, fargs = _build(config, L, args)
-  t0 = time.perf_counter()
-  compiled = fn.lower(*fargs).compile()
-  compile_s = time.perf_counter() - t0
-  mem = compiled.memory_analysis()
-  mem_bytes = None
-  if mem is not None:
-    mem_bytes = int(mem.temp_size_in_bytes + mem.argument_size_in_bytes +
-                    mem.output_size_in_bytes)
-  for _ in range(args.warmup):
-    jax.block_until_ready(compiled(*fargs))
-  times, cpu_times = [], []
-  for _ in range(args.repeats):
-    t0, c0 = time.perf_counter(), time.process_time()
-    jax.block_until_ready(compiled(*fargs))
-    times.append(time.perf_counter() - t0)
-    cpu_times.append(time.process_time() - c0)
-  maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB
-  return dict(config=config, L=L, median_s=statistics.median(times),
-              times_s=times, median_cpu_s=statistics.median(cpu_times),
-              compile_s=compile_s, xla_memory_bytes=mem_bytes,
-              maxrss_bytes=maxrss, loadavg=os.getloadavg()[0],
-              device=str(jax.devices()[0]))
+  return dict(config=config, L=L, **harness.time_compiled(
+      fn, fargs, repeats=args.repeats, warmup=args.warmup))
 
 
 def _skip_reason(config, L, args):
   if config == "layer_ref" and L > args.ref_max:
     return f"direct-sum convolution, L > {args.ref_max}"
   return None
-
-
-def _fmt_s(x):
-  if x is None:
-    return "skipped"
-  return f"{x * 1e3:.1f} ms" if x < 1 else f"{x:.2f} s"
-
-
-def _fmt_b(x):
-  return "-" if x is None else f"{x / 2**30:.2f} GiB" if x >= 2**30 else (
-      f"{x / 2**20:.0f} MiB")
 
 
 def main():
@@ -137,13 +103,10 @@ def main():
   args = parser.parse_args()
 
   if args.single:
-    print("RESULT " + json.dumps(run_single(args.single[0],
-                                             int(args.single[1]), args)))
+    harness.print_result(run_single(args.single[0], int(args.single[1]),
+                                    args))
     return
 
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = dict(os.environ, PYTHONPATH=repo + os.pathsep +
-             os.environ.get("PYTHONPATH", ""))
   passthrough = ["--batch", str(args.batch), "--d-model", str(args.d_model),
                  "--kernel-dim", str(args.kernel_dim), "--repeats",
                  str(args.repeats), "--warmup", str(args.warmup), "--impl",
@@ -154,26 +117,10 @@ def main():
       reason = _skip_reason(config, L, args)
       row = dict(config=config, L=L, median_s=None, skipped=reason)
       if reason is None:
-        cmd = [sys.executable, os.path.abspath(__file__), "--single", config,
-               str(L)] + passthrough
-        for attempt in range(1 + args.retries):
-          try:
-            proc = subprocess.run(cmd, capture_output=True, text=True,
-                                  env=env, timeout=args.timeout, check=False)
-          except subprocess.TimeoutExpired:
-            row["skipped"] = f"timeout > {args.timeout:.0f} s"
-            row["attempts"] = attempt + 1
-            continue
-          lines = [l for l in proc.stdout.splitlines()
-                   if l.startswith("RESULT ")]
-          if lines:
-            row = json.loads(lines[-1][len("RESULT "):])
-            row["attempts"] = attempt + 1
-          else:
-            row["skipped"] = "failed: " + proc.stderr.strip()[-300:]
-          break
+        row = harness.run_isolated(__file__, (config, L), passthrough, row,
+                                   timeout=args.timeout, retries=args.retries)
       results.append(row)
-      print(f"{config:12s} L={L:6d} {_fmt_s(row['median_s']):>10s} "
+      print(f"{config:12s} L={L:6d} {harness.fmt_seconds(row['median_s']):>10s} "
             f"{row.get('skipped') or ''}", file=sys.stderr, flush=True)
 
   by = {(r["config"], r["L"]): r for r in results}
@@ -213,12 +160,12 @@ def main():
     spd = r.get("speedup_vs_reference")
     note = "" if r["median_s"] is not None else f" ({r['skipped']})"
     load = r.get("loadavg")
-    print(f"| {r['config']} | {r['L']} | {_fmt_s(r['median_s'])}{note} | "
-          f"{_fmt_s(r.get('median_cpu_s')) if r['median_s'] else '-'} | "
+    print(f"| {r['config']} | {r['L']} | {harness.fmt_seconds(r['median_s'])}{note} | "
+          f"{harness.fmt_seconds(r.get('median_cpu_s')) if r['median_s'] else '-'} | "
           f"{'-' if ratio is None else f'{ratio:.1f}x'} | "
           f"{'-' if spd is None else f'{spd:.1f}x'} | "
-          f"{_fmt_b(r.get('xla_memory_bytes'))} | "
-          f"{_fmt_b(r.get('maxrss_bytes'))} | "
+          f"{harness.fmt_bytes(r.get('xla_memory_bytes'))} | "
+          f"{harness.fmt_bytes(r.get('maxrss_bytes'))} | "
           f"{'-' if comp is None else f'{comp:.1f} s'} | "
           f"{'-' if load is None else f'{load:.1f}'} |")
   print("\nTargets:")

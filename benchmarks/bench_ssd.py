@@ -21,11 +21,9 @@ import argparse
 import json
 import os
 import platform
-import resource
-import statistics
-import subprocess
 import sys
-import time
+
+import harness
 
 FORMS = ("chunked", "chunked_window", "quadratic", "sequential")
 MODES = ("fwd", "fwdbwd")
@@ -78,30 +76,9 @@ def _build(form, mode, t, args):
 
 def run_single(form, mode, t, args):
   """Times one config in this process; returns a dict."""
-  import jax
   fn, fargs = _build(form, mode, t, args)
-  t0 = time.perf_counter()
-  compiled = fn.lower(*fargs).compile()
-  compile_s = time.perf_counter() - t0
-  mem = compiled.memory_analysis()
-  mem_bytes = None
-  if mem is not None:
-    mem_bytes = int(mem.temp_size_in_bytes + mem.argument_size_in_bytes +
-                    mem.output_size_in_bytes)
-  for _ in range(args.warmup):
-    jax.block_until_ready(compiled(*fargs))
-  times, cpu_times = [], []
-  for _ in range(args.repeats):
-    t0, c0 = time.perf_counter(), time.process_time()
-    jax.block_until_ready(compiled(*fargs))
-    times.append(time.perf_counter() - t0)
-    cpu_times.append(time.process_time() - c0)
-  maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB
-  return dict(form=form, mode=mode, t=t, median_s=statistics.median(times),
-              min_s=min(times), times_s=times,
-              median_cpu_s=statistics.median(cpu_times), compile_s=compile_s,
-              xla_memory_bytes=mem_bytes, maxrss_bytes=maxrss,
-              loadavg=os.getloadavg()[0])
+  return dict(form=form, mode=mode, t=t, **harness.time_compiled(
+      fn, fargs, repeats=args.repeats, warmup=args.warmup))
 
 
 def _skip_reason(form, mode, t, args):
@@ -116,17 +93,6 @@ def _skip_reason(form, mode, t, args):
     return (f"the scan's backward stores all t states, {gib:.1f} GiB "
             f"(t > {args.sequential_bwd_max})")
   return None
-
-
-def _fmt_s(x):
-  if x is None:
-    return "skipped"
-  return f"{x * 1e3:.1f} ms" if x < 1 else f"{x:.2f} s"
-
-
-def _fmt_b(x):
-  return "-" if x is None else f"{x / 2**30:.2f} GiB" if x >= 2**30 else (
-      f"{x / 2**20:.0f} MiB")
 
 
 def main():
@@ -163,12 +129,9 @@ def main():
 
   if args.single:
     form, mode, t = args.single
-    print("RESULT " + json.dumps(run_single(form, mode, int(t), args)))
+    harness.print_result(run_single(form, mode, int(t), args))
     return
 
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = dict(os.environ, PYTHONPATH=repo + os.pathsep +
-             os.environ.get("PYTHONPATH", ""))
   passthrough = ["--batch", str(args.batch), "--heads", str(args.heads),
                  "--head-dim", str(args.head_dim), "--d-state",
                  str(args.d_state), "--chunk", str(args.chunk), "--window",
@@ -181,26 +144,11 @@ def main():
         reason = _skip_reason(form, mode, t, args)
         row = dict(form=form, mode=mode, t=t, median_s=None, skipped=reason)
         if reason is None:
-          cmd = [sys.executable, os.path.abspath(__file__), "--single", form,
-                 mode, str(t)] + passthrough
-          for attempt in range(1 + args.retries):
-            try:
-              proc = subprocess.run(cmd, capture_output=True, text=True,
-                                    env=env, timeout=args.timeout, check=False)
-            except subprocess.TimeoutExpired:
-              row["skipped"] = f"timeout > {args.timeout:.0f} s"
-              row["attempts"] = attempt + 1
-              continue
-            lines = [l for l in proc.stdout.splitlines()
-                     if l.startswith("RESULT ")]
-            if lines:
-              row = json.loads(lines[-1][len("RESULT "):])
-              row["attempts"] = attempt + 1
-            else:
-              row["skipped"] = "failed: " + proc.stderr.strip()[-300:]
-            break
+          row = harness.run_isolated(__file__, (form, mode, t), passthrough,
+                                     row, timeout=args.timeout,
+                                     retries=args.retries)
         results.append(row)
-        print(f"{form:15s} {mode:6s} t={t:6d} {_fmt_s(row['median_s']):>10s} "
+        print(f"{form:15s} {mode:6s} t={t:6d} {harness.fmt_seconds(row['median_s']):>10s} "
               f"{row.get('skipped') or ''}", file=sys.stderr, flush=True)
 
   by = {(r["form"], r["mode"], r["t"]): r for r in results}
@@ -240,19 +188,19 @@ def main():
     note = "" if r["median_s"] is not None else f" ({r['skipped']})"
     load = r.get("loadavg")
     print(f"| {r['form']} | {r['mode']} | {r['t']} | "
-          f"{_fmt_s(r['median_s'])}{note} | "
-          f"{_fmt_s(r.get('median_cpu_s')) if r['median_s'] else '-'} | "
+          f"{harness.fmt_seconds(r['median_s'])}{note} | "
+          f"{harness.fmt_seconds(r.get('median_cpu_s')) if r['median_s'] else '-'} | "
           f"{'-' if ratio is None else f'{ratio:.1f}x'} | "
           f"{'-' if spd is None else f'{spd:.1f}x'} | "
-          f"{_fmt_b(r.get('xla_memory_bytes'))} | "
-          f"{_fmt_b(r.get('maxrss_bytes'))} | "
+          f"{harness.fmt_bytes(r.get('xla_memory_bytes'))} | "
+          f"{harness.fmt_bytes(r.get('maxrss_bytes'))} | "
           f"{'-' if comp is None else f'{comp:.1f} s'} | "
           f"{'-' if load is None else f'{load:.1f}'} |")
   print("\nTargets:")
   for tg in targets:
     status = {True: "MET", False: "MISSED", None: "not measured"}[tg["met"]]
     print(f"  {tg['form']} {tg['mode']} at t={tg['t']}: "
-          f"{_fmt_s(tg['median_s'])} <= {_fmt_s(tg['limit_s'])}: {status}")
+          f"{harness.fmt_seconds(tg['median_s'])} <= {harness.fmt_seconds(tg['limit_s'])}: {status}")
 
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, "w") as f:

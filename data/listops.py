@@ -540,13 +540,7 @@ class LraListops(tfds.core.GeneratorBasedBuilder):
 
 
 def _field(cfg: Any, name: str, default: Any = None) -> Any:
-  if cfg is None:
-    return default
-  try:
-    value = cfg[name] if isinstance(cfg, Mapping) else getattr(cfg, name)
-  except (AttributeError, KeyError):
-    return default
-  return default if value is None else value
+  return tasks.config_field(cfg, name, default)
 
 
 def generator_options(data_config: Any) -> GeneratorOptions:

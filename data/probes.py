@@ -557,13 +557,7 @@ class ProbeMqar(_ProbeBuilder):
 
 
 def _field(cfg: Any, name: str, default: Any = None) -> Any:
-  if cfg is None:
-    return default
-  try:
-    value = cfg[name] if isinstance(cfg, Mapping) else getattr(cfg, name)
-  except (AttributeError, KeyError):
-    return default
-  return default if value is None else value
+  return tasks.config_field(cfg, name, default)
 
 
 def _sizes(data_config: Any) -> dict[str, int]:

@@ -65,6 +65,18 @@ class Task:
   splits: Sequence[str] = ("train", "validation", "test")
 
 
+def config_field(cfg: Any, name: str, default: Any = None) -> Any:
+  """``cfg.name`` of a data config (ConfigDict, dict or object), or
+  ``default`` when it is missing or None."""
+  if cfg is None:
+    return default
+  try:
+    value = cfg[name] if isinstance(cfg, Mapping) else getattr(cfg, name)
+  except (AttributeError, KeyError):
+    return default
+  return default if value is None else value
+
+
 TASKS: dict[str, Task] = {}
 
 
