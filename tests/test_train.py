@@ -487,3 +487,34 @@ def test_study_state_collapse_script_end_to_end(tmp_path):
   assert all(r["state_norm_max"] <= bound * (1 + 1e-5)
              for r in rows if r["setting"] == "state_norm=auto")
   assert (tmp_path / "study.png").exists()
+
+
+def test_token_loss_uses_loss_mask_and_accuracy_uses_target_mask():
+  """With ``loss_mask`` the loss covers every marked next token while the
+  accuracies score only ``target_mask``; padding rows (weight 0) count in
+  neither."""
+  rng = np.random.default_rng(0)
+  logits = jnp.asarray(rng.normal(size=(3, 5, 4)), jnp.float32)
+  targets = rng.integers(0, 4, size=(3, 5)).astype(np.int32)
+  pred = np.asarray(jnp.argmax(logits, -1))
+  targets[0, 3:] = pred[0, 3:]  # Row 0: both answer tokens right.
+  targets[1, 3] = pred[1, 3]
+  targets[1, 4] = (pred[1, 4] + 1) % 4  # Row 1: one of two right.
+  target_mask = np.zeros((3, 5), bool)
+  target_mask[:, 3:] = True
+  loss_mask = np.ones((3, 5), bool)
+  loss_mask[:, 4] = False
+  weight = np.array([1.0, 1.0, 0.0], np.float32)  # Row 2 is padding.
+  batch = {"targets": targets, "target_mask": target_mask,
+           "loss_mask": loss_mask, "weight": weight}
+  means = jax.tree.map(float, trainer._means(trainer._loss_sums(logits, batch)))
+  logp = np.asarray(jax.nn.log_softmax(logits, -1))
+  ce = -np.take_along_axis(logp, targets[..., None], -1)[..., 0]
+  want_loss = ce[:2][loss_mask[:2]].mean()
+  np.testing.assert_allclose(means["loss"], want_loss, rtol=1e-6)
+  assert means["accuracy"] == 0.5  # Row 0 exact, row 1 not.
+  assert means["token_accuracy"] == 0.75  # 3 of the 4 answer tokens.
+  del batch["loss_mask"]  # Default: the loss covers target_mask only.
+  means = jax.tree.map(float, trainer._means(trainer._loss_sums(logits, batch)))
+  np.testing.assert_allclose(means["loss"], ce[:2][target_mask[:2]].mean(),
+                             rtol=1e-6)
