@@ -85,6 +85,24 @@ def get_config(preset: str = "full") -> ml_collections.ConfigDict:
   # MQAR: fill the positions that are neither pairs nor queries with random
   # tokens (True, zoology's default) or with 0.
   data.mqar_random_non_queries = True
+  # ETT forecasting (data/ett.py): which file: "ETTh1", "ETTh2" (hourly),
+  # "ETTm1", "ETTm2" (15 minutes).
+  data.ett_name = "ETTh1"
+  # "M": all 7 series in and out; "S": the target alone; "MS": all in, the
+  # target out.
+  data.features = "M"
+  # The target column of "S" and "MS".
+  data.target = "OT"
+  # Encoder input length, length of the decoder's known start (the end of the
+  # input window) and forecast horizon, in rows.
+  data.seq_len = 96
+  data.label_len = 48
+  data.pred_len = 24
+  # Time features: 1 = reals in [-0.5, 0.5] (Informer's embed="timeF"); 0 =
+  # integer month, day, weekday, hour (for fixed/learned temporal embeddings).
+  data.timeenc = 1
+  # Frequency of the time features: "h" (hourly) or "t" (minutes).
+  data.freq = "h"
 
   # ----------------------------------------------------------------- model
   config.model = model = ml_collections.ConfigDict()
@@ -190,6 +208,76 @@ def get_config(preset: str = "full") -> ml_collections.ConfigDict:
   # FFT convolution implementation (kernels.Impl).
   sg.impl = "auto"
 
+  # The attention mixers own their Q/K/V and output projections: use them with
+  # model.output = "none" (and model.ff_mult > 0 for a Transformer block).
+  # Fields every attention mixer has: heads, head width (None = d_model / heads),
+  # causal masking, dropout on the attention probabilities.
+  def attention_fields(**extra):
+    sub = ml_collections.ConfigDict(dict(
+        n_heads=4, head_dim=config_dict.placeholder(int), causal=False,
+        attn_dropout=0.0))
+    sub.update(extra)
+    return sub
+
+  # Full softmax attention (mixer == "attention"); layers/attention.py.
+  # impl: "xla" picks the dense form when the score array is small and the
+  # blocked (memory-efficient) form otherwise; "reference" is dense.
+  model.attention = attention_fields(impl="auto")
+  # Linear attention (mixer == "linear_attention"): feature map "elu" (elu+1)
+  # or "relu", chunk of the causal chunked form, normaliser epsilon.
+  model.linear_attention = attention_fields(
+      feature_map="elu", chunk_size=64, eps=1e-6, impl="auto")
+  # Linformer (mixer == "linformer"): keys and values projected along length
+  # max_length -> k (None = the task's maximum length); sharing "none",
+  # "headwise", "kv" or "layerwise" (one projection for every layer).
+  model.linformer = attention_fields(
+      max_length=config_dict.placeholder(int), k=256, sharing="headwise")
+  # Low-Rank Transformer attention (mixer == "lowrank"): every projection
+  # factorised as E [d, rank] then D [rank, d]; see also model.dense_rank.
+  model.lowrank = attention_fields(rank=64)
+  # Longformer (mixer == "longformer"): one-sided window w, dilation, the first
+  # global_tokens positions global (attend to and attended by all).
+  model.longformer = attention_fields(window=256, dilation=1, global_tokens=0)
+  # BigBird ITC (mixer == "bigbird"): block size, random blocks per query
+  # block (drawn once from seed), global blocks at the start and the end.
+  model.bigbird = attention_fields(block_size=64, num_rand_blocks=3,
+                                   global_left=1, global_right=1, seed=0)
+  # Informer ProbSparse self-attention (mixer == "probsparse"): factor c of
+  # the c*ceil(ln L) sampled keys and top queries.
+  model.probsparse = attention_fields(factor=5)
+  # Rank of the backbone's dense layers (output projection and feed-forward)
+  # as E then D (the Low-Rank Transformer); None = full-rank Dense.
+  model.dense_rank = config_dict.placeholder(int)
+
+  # The Informer encoder-decoder of forecasting tasks (data.task == "ett");
+  # see models/informer.py. Defaults are the official code's
+  # (zhouhaoyi/Informer2020 main_informer.py).
+  model.informer = inf = ml_collections.ConfigDict()
+  # "prob": ProbSparse self-attention (Informer); "full": full attention
+  # (Informer-dagger in the paper's tables).
+  inf.attn = "prob"
+  # ProbSparse sampling factor c: c*ceil(ln L) sampled keys and top queries.
+  inf.factor = 5
+  inf.n_heads = 8
+  # Encoder and decoder layers.
+  inf.e_layers = 2
+  inf.d_layers = 1
+  # Width of the position-wise feed-forward layers.
+  inf.d_ff = 2048
+  # Self-attention distilling (Conv1d, BatchNorm, ELU, max-pool stride 2)
+  # between encoder layers.
+  inf.distil = True
+  # Decoder self-attention output "mix" (the official AttentionLayer mix=True).
+  inf.mix = True
+  # Time-feature embedding: "timeF" (linear, with data.timeenc = 1), "fixed"
+  # or "learned" (with data.timeenc = 0).
+  inf.embed = "timeF"
+  # Activation of the feed-forward layers.
+  inf.activation = "gelu"
+  # A registered mixer that replaces the encoder's self-attention (its fields
+  # from model.<name>); None = the Informer attention of ``attn``.
+  inf.encoder_mixer = config_dict.placeholder(str)
+
   # ------------------------------------------------------------- optimizer
   config.optim = optim = ml_collections.ConfigDict()
   # Only "adamw" (decoupled weight decay, scaled by the learning rate).
@@ -205,8 +293,11 @@ def get_config(preset: str = "full") -> ml_collections.ConfigDict:
   # Clip gradients to this global norm; None = no clipping.
   optim.grad_clip_norm = config_dict.placeholder(float)
   # "cosine": linear warmup then cosine decay to 0 over the whole run;
-  # "constant": linear warmup then constant.
+  # "constant": linear warmup then constant; "epoch_decay": multiplied by
+  # decay_rate every decay_every_epochs epochs (Informer's lradj="type1").
   optim.schedule = "cosine"
+  optim.decay_rate = 0.5
+  optim.decay_every_epochs = 1
   # Steps of linear warmup from 0 to the peak learning rate.
   optim.warmup_steps = 0
   # Parameter groups, by name. A parameter joins the group whose ``pattern``
@@ -241,9 +332,15 @@ def get_config(preset: str = "full") -> ml_collections.ConfigDict:
   # multiple of log_every_steps so that a resumed run logs what an
   # uninterrupted one does.
   train.checkpoint_every_steps = 1000
-  # Latest checkpoints kept (the best one by validation accuracy is kept
+  # Latest checkpoints kept (the best one by validation best_metric is kept
   # separately under workdir/checkpoints_best).
   train.keep_checkpoints = 3
+  # Validation metric that picks the best checkpoint: "accuracy" (max),
+  # "loss", "mse", "mae" (min); None = accuracy, or loss for forecasting.
+  train.best_metric = config_dict.placeholder(str)
+  # Stop when the best_metric has not improved for this many evaluations
+  # (the Informer's patience 3, one evaluation per epoch); None = never.
+  train.early_stopping_patience = config_dict.placeholder(int)
   # Evaluate the best checkpoint on the test split at the end and write
   # workdir/test_metrics.json.
   train.test_at_end = True

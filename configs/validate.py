@@ -14,7 +14,7 @@ NORMS = ("layer", "batch", "rms")
 OUTPUTS = ("glu", "linear", "none")
 POOLS = ("mean", "last", "max", "cls")
 OPTIMIZERS = ("adamw",)
-SCHEDULES = ("cosine", "constant")
+SCHEDULES = ("cosine", "constant", "epoch_decay")
 MESH_AXES = ("data", "fsdp", "tensor", "seq")
 # Mesh axes the batch is split over (config.mesh.logical_axis_rules "batch").
 DATA_PARALLEL_AXES = ("data", "fsdp")
@@ -205,7 +205,11 @@ def validate_config(config: ml_collections.ConfigDict, *,
             f"is shorter than data.max_length={data.max_length}: the kernel "
             "must cover the longest input (None = data.max_length)")
   _check_mixer_fields(model, registry.MIXERS[model.mixer])
+  _check_int("model.dense_rank", model.get("dense_rank"), minimum=1,
+             optional=True)
   info = find_task(data.task).info(data)
+  if getattr(info, "output_kind", "class") == "forecast":
+    _validate_forecast(config, info, registry)
   if getattr(info, "output_kind", "class") == "tokens":
     sub = model.get(model.mixer)
     if sub is not None and sub.get("bidirectional"):
@@ -226,6 +230,10 @@ def validate_config(config: ml_collections.ConfigDict, *,
   _check_float("optim.grad_clip_norm", optim.grad_clip_norm, low=0.0,
                low_open=True, optional=True)
   _check_choice("optim.schedule", optim.schedule, SCHEDULES)
+  _check_float("optim.decay_rate", optim.get("decay_rate", 0.5), low=0.0,
+               high=1.0, low_open=True)
+  _check_int("optim.decay_every_epochs", optim.get("decay_every_epochs", 1),
+             minimum=1)
   _check_int("optim.warmup_steps", optim.warmup_steps, minimum=0)
   for name, group in optim.groups.items():
     prefix = f"optim.groups.{name}"
@@ -263,6 +271,18 @@ def validate_config(config: ml_collections.ConfigDict, *,
         f"multiple of train.log_every_steps={train.log_every_steps} (a resumed "
         "run must start at the beginning of a logging window)")
   _check_int("train.keep_checkpoints", train.keep_checkpoints, minimum=1)
+  _check_choice("train.best_metric", train.get("best_metric"),
+                (None, "accuracy", "loss", "mse", "mae"))
+  info = find_task(data.task).info(data)
+  if train.get("best_metric") is not None:
+    forecast = getattr(info, "output_kind", "class") == "forecast"
+    allowed = ("loss", "mse", "mae") if forecast else ("accuracy", "loss")
+    if train.best_metric not in allowed:
+      _fail("train.best_metric", train.best_metric,
+            f"is not a validation metric of data.task={data.task!r} "
+            f"(one of {allowed})")
+  _check_int("train.early_stopping_patience",
+             train.get("early_stopping_patience"), minimum=1, optional=True)
   _check_int("train.stop_after_step", train.stop_after_step, minimum=1,
              optional=True)
   num_steps = total_steps(config, num_train_examples)
@@ -356,9 +376,11 @@ def _validate_sgconv(sg: ml_collections.ConfigDict) -> None:
                 tuple(sgconv.ACTIVATIONS))
 
 
-def _check_mixer_fields(model: ml_collections.ConfigDict, mixer_cls) -> None:
+def _check_mixer_fields(model: ml_collections.ConfigDict, mixer_cls,
+                        name: str | None = None) -> None:
   """``model.<mixer>`` may only set fields the mixer class has."""
-  sub = model.get(model.mixer)
+  name = model.mixer if name is None else name
+  sub = model.get(name)
   if sub is None:
     return
   fields = {f.name for f in dataclasses.fields(mixer_cls)} - {
@@ -366,9 +388,50 @@ def _check_mixer_fields(model: ml_collections.ConfigDict, mixer_cls) -> None:
   unknown = sorted(set(sub.keys()) - fields)
   if unknown:
     raise ValueError(
-        f"model.{model.mixer} sets {unknown}, which the {model.mixer!r} mixer "
+        f"model.{name} sets {unknown}, which the {name!r} mixer "
         f"({mixer_cls.__module__}.{mixer_cls.__name__}) does not have; its "
         f"fields: {sorted(fields)}")
+
+
+INFORMER_ATTNS = ("prob", "full")
+INFORMER_EMBEDS = ("timeF", "fixed", "learned")
+ETT_FEATURES = ("M", "S", "MS")
+
+
+def _validate_forecast(config: ml_collections.ConfigDict, info,
+                       registry) -> None:
+  """The Informer model and the forecasting windows."""
+  data, model = config.data, config.model
+  inf = model.informer
+  _check_choice("model.informer.attn", inf.attn, INFORMER_ATTNS)
+  _check_int("model.informer.factor", inf.factor, minimum=1)
+  _check_int("model.informer.n_heads", inf.n_heads, minimum=1)
+  if model.d_model % inf.n_heads:
+    _fail("model.informer.n_heads", inf.n_heads,
+          f"does not divide model.d_model={model.d_model}")
+  _check_int("model.informer.e_layers", inf.e_layers, minimum=1)
+  _check_int("model.informer.d_layers", inf.d_layers, minimum=1)
+  _check_int("model.informer.d_ff", inf.d_ff, minimum=1)
+  _check_choice("model.informer.embed", inf.embed, INFORMER_EMBEDS)
+  timeenc = data.get("timeenc", 1)
+  if (inf.embed == "timeF") != (timeenc == 1):
+    _fail("model.informer.embed", inf.embed,
+          f"does not match data.timeenc={timeenc} (timeF embeds the real "
+          "time features of timeenc=1; fixed/learned embed the integer ones "
+          "of timeenc=0)")
+  for field in ("seq_len", "label_len", "pred_len"):
+    _check_int(f"data.{field}", data.get(field), minimum=1)
+  if data.label_len > data.seq_len:
+    _fail("data.label_len", data.label_len,
+          f"is longer than data.seq_len={data.seq_len}: the decoder's known "
+          "start is the end of the input window")
+  _check_choice("data.features", data.get("features"), ETT_FEATURES)
+  if inf.encoder_mixer is not None:
+    if inf.encoder_mixer not in registry.MIXERS:
+      _fail("model.informer.encoder_mixer", inf.encoder_mixer,
+            f"is not a registered mixer (known: {sorted(registry.MIXERS)})")
+    _check_mixer_fields(model, registry.MIXERS[inf.encoder_mixer],
+                        inf.encoder_mixer)
 
 
 def find_task(name: str):

@@ -16,6 +16,9 @@ fixed-shape numpy arrays so that batches stack without further padding:
                training loss when they differ from ``target_mask`` (e.g. every
                next token of a language model whose accuracy is scored on an
                answer only).
+
+A forecasting task (``"forecast"``) has float32 ``targets [pred_len, c_out]`` and
+passes the keys named in ``info.extra_inputs`` to the model as keyword arguments.
 """
 import dataclasses
 from typing import Any, Callable, Mapping, Protocol, Sequence
@@ -33,8 +36,19 @@ class TaskInfo:
   input_channels: int | None = None  # for continuous inputs
   pad_id: int = 0
   # "class": one label per sequence (``num_classes`` classes);
-  # "tokens": one target token per position (``num_classes`` = output vocab).
+  # "tokens": one target token per position (``num_classes`` = output vocab);
+  # "forecast": real-valued ``targets [pred_len, output_channels]`` (a
+  # regression: MSE loss, MSE/MAE metrics).
   output_kind: str = "class"
+  # Forecasting: channels of the predicted series, of the time features, and
+  # the lengths of the decoder's known start and of the horizon.
+  output_channels: int | None = None
+  time_channels: int | None = None
+  label_len: int | None = None
+  pred_len: int | None = None
+  # Element keys, besides ``inputs`` and ``mask``, that the model takes as
+  # keyword arguments (e.g. the Informer's time features and decoder start).
+  extra_inputs: tuple[str, ...] = ()
 
 
 class RandomAccessSource(Protocol):
@@ -96,6 +110,7 @@ def get_task(name: str) -> Task:
 
 def _import_builtin_tasks() -> None:
   # Imported lazily so that `import data` stays cheap and free of cycles.
+  import data.ett  # noqa: F401
   import data.listops  # noqa: F401
   import data.pathfinder  # noqa: F401
   import data.probes  # noqa: F401

@@ -3,11 +3,19 @@
 Every sequence mixer maps ``(batch, length, features) -> (batch, length, features)``
 and takes an optional boolean padding ``mask`` of shape ``(batch, length)`` (True
 for real tokens). Mixers are registered by name so that a config can say
-``model.mixer = "s4"``: "s4" (S4 and S4D), "sgconv", "mamba2".
+``model.mixer = "s4"``: "s4" (S4 and S4D), "sgconv", "mamba2", and the attention
+family: "attention" (full), "linear_attention", "linformer", "lowrank" (Low-Rank
+Transformer), "longformer", "bigbird", "probsparse" (Informer).
 """
 from layers.registry import MIXERS, get_mixer, register_mixer
 
 # Importing the modules registers their mixers.
+from layers import attention  # noqa: F401,E402
+from layers import bigbird  # noqa: F401,E402
+from layers import informer  # noqa: F401,E402
+from layers import linformer  # noqa: F401,E402
+from layers import longformer  # noqa: F401,E402
+from layers import lowrank  # noqa: F401,E402
 from layers import mamba2  # noqa: F401,E402
 from layers import s4  # noqa: F401,E402
 from layers import sgconv  # noqa: F401,E402

@@ -25,7 +25,14 @@ NORMS = ("layer", "batch", "rms")
 OUTPUTS = ("glu", "linear", "none")
 
 
-def _dense(features: int, name: str, dtype: Any, param_dtype: Any) -> nn.Dense:
+def _dense(features: int, name: str, dtype: Any, param_dtype: Any,
+           rank: int | None = None) -> nn.Module:
+  """A Dense layer, or with ``rank`` the Low-Rank Transformer's factorised
+  ``x E D + bias`` (layers.lowrank.LowRankDense)."""
+  if rank is not None:
+    from layers.lowrank import LowRankDense  # pylint: disable=g-import-not-at-top
+    return LowRankDense(features, rank=rank, dtype=dtype,
+                        param_dtype=param_dtype, name=name)
   return nn.Dense(
       features,
       dtype=dtype,
@@ -69,12 +76,14 @@ class ResidualBlock(nn.Module):
   dropout: float = 0.0
   output: str = "glu"
   ff_mult: int = 0
+  dense_rank: int | None = None
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, mask=None, *, train: bool = False):
     d = self.d_model
+    rank = self.dense_rank
     drop = nn.Dropout(self.dropout, deterministic=not train)
 
     z = Norm(self.norm, self.dtype, self.param_dtype, name="norm")(
@@ -84,9 +93,10 @@ class ResidualBlock(nn.Module):
             z, mask=mask, deterministic=not train)
     z = drop(z)
     if self.output == "glu":
-      z = nn.glu(_dense(2 * d, "out", self.dtype, self.param_dtype)(z), axis=-1)
+      z = nn.glu(_dense(2 * d, "out", self.dtype, self.param_dtype, rank)(z),
+                 axis=-1)
     elif self.output == "linear":
-      z = _dense(d, "out", self.dtype, self.param_dtype)(z)
+      z = _dense(d, "out", self.dtype, self.param_dtype, rank)(z)
     elif self.output != "none":
       raise ValueError(f"model.output={self.output!r} is not one of {OUTPUTS}")
     x = x + drop(z)
@@ -98,9 +108,10 @@ class ResidualBlock(nn.Module):
     if self.ff_mult > 0:
       z = Norm(self.norm, self.dtype, self.param_dtype, name="ff_norm")(
           x, mask, train=train) if self.prenorm else x
-      z = _dense(self.ff_mult * d, "ff_in", self.dtype, self.param_dtype)(z)
+      z = _dense(self.ff_mult * d, "ff_in", self.dtype, self.param_dtype,
+                 rank)(z)
       z = drop(nn.gelu(z))
-      z = _dense(d, "ff_out", self.dtype, self.param_dtype)(z)
+      z = _dense(d, "ff_out", self.dtype, self.param_dtype, rank)(z)
       x = x + drop(z)
       if not self.prenorm:
         x = Norm(self.norm, self.dtype, self.param_dtype, name="ff_norm")(
@@ -119,16 +130,26 @@ class Backbone(nn.Module):
   dropout: float = 0.0
   output: str = "glu"
   ff_mult: int = 0
+  dense_rank: int | None = None
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, mask=None, *, train: bool = False):
+    mixer_kwargs = dict(self.mixer_kwargs)
+    # A mixer may share parameters across layers (Linformer's layerwise
+    # projection): the backbone owns that module and hands it to every block.
+    make_shared = getattr(get_mixer(self.mixer), "shared_module", None)
+    if make_shared is not None:
+      shared = make_shared(self.d_model, **self.mixer_kwargs)
+      if shared is not None:
+        mixer_kwargs["shared"] = shared
     for i in range(self.n_layers):
       x = ResidualBlock(
-          mixer=self.mixer, mixer_kwargs=self.mixer_kwargs, d_model=self.d_model,
+          mixer=self.mixer, mixer_kwargs=mixer_kwargs, d_model=self.d_model,
           prenorm=self.prenorm, norm=self.norm, dropout=self.dropout,
-          output=self.output, ff_mult=self.ff_mult, dtype=self.dtype,
+          output=self.output, ff_mult=self.ff_mult,
+          dense_rank=self.dense_rank, dtype=self.dtype,
           param_dtype=self.param_dtype, name=f"block_{i}")(x, mask, train=train)
     if self.prenorm:
       x = Norm(self.norm, self.dtype, self.param_dtype, name="final_norm")(

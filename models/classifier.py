@@ -8,12 +8,14 @@ through a Dense encoder (as the S4 LRA models do for pixels). Pooling:
   * ``cls``:  a learned token prepended to the sequence; its output is the summary
     (meaningful for bidirectional mixers, which let it see the whole sequence).
 """
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
+from layers import get_mixer
 from models.backbone import Backbone
 
 POOLS = ("mean", "last", "max", "cls")
@@ -72,6 +74,7 @@ class SequenceClassifier(nn.Module):
   dropout: float = 0.0
   output: str = "glu"
   ff_mult: int = 0
+  dense_rank: int | None = None
   pool: str = "mean"
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -98,7 +101,8 @@ class SequenceClassifier(nn.Module):
         mixer=self.mixer, mixer_kwargs=self.mixer_kwargs, d_model=self.d_model,
         n_layers=self.n_layers, prenorm=self.prenorm, norm=self.norm,
         dropout=self.dropout, output=self.output, ff_mult=self.ff_mult,
-        dtype=self.dtype, param_dtype=self.param_dtype, name="backbone")(
+        dense_rank=self.dense_rank, dtype=self.dtype,
+        param_dtype=self.param_dtype, name="backbone")(
             x, mask, train=train)
     x = pool(x, mask, self.pool)
     logits = nn.Dense(
@@ -111,20 +115,62 @@ class SequenceClassifier(nn.Module):
 
 def mixer_kwargs_from_config(model_config: ml_collections.ConfigDict,
                              max_length: int) -> dict:
-  """The mixer's own sub-config (``model.<mixer>``), with ``l_max`` filled in."""
+  """The mixer's own sub-config (``model.<mixer>``), with its maximum length
+  (an ``l_max`` or ``max_length`` field the config leaves None or unset)
+  filled in."""
   name = model_config.mixer
   sub = model_config.get(name)
   kwargs = dict(sub.to_dict() if sub is not None else {})
-  if "l_max" in kwargs and kwargs["l_max"] is None:
-    kwargs["l_max"] = max_length
+  fields = {f.name for f in dataclasses.fields(get_mixer(name))}
+  for field in ("l_max", "max_length"):
+    if field in fields and kwargs.get(field) is None:
+      kwargs[field] = max_length
   return kwargs
+
+
+def _with_mixer(model_config: ml_collections.ConfigDict,
+                name: str) -> ml_collections.ConfigDict:
+  """A copy of ``model_config`` whose ``mixer`` is ``name``."""
+  config = ml_collections.ConfigDict(model_config.to_dict())
+  config.mixer = name
+  return config
 
 
 def build_model(model_config: ml_collections.ConfigDict, info) -> nn.Module:
   """Builds the model that ``model_config`` describes for a task's ``info``:
   a :class:`SequenceClassifier` for one label per sequence
   (``info.output_kind == "class"``), a :class:`models.lm.CausalLM` for one target
-  token per position (``"tokens"``; ``model.pool`` is not used)."""
+  token per position (``"tokens"``; ``model.pool`` is not used), the
+  :class:`models.informer.Informer` encoder-decoder for forecasts
+  (``"forecast"``; ``model.informer`` fields, ``model.mixer`` not used unless
+  named by ``model.informer.encoder_mixer``)."""
+  if getattr(info, "output_kind", "class") == "forecast":
+    from models.informer import Informer  # pylint: disable=g-import-not-at-top
+    inf = model_config.informer
+    encoder_mixer = inf.get("encoder_mixer")
+    return Informer(
+        enc_in=info.input_channels,
+        dec_in=info.input_channels,
+        c_out=info.output_channels,
+        seq_len=info.max_length,
+        label_len=info.label_len,
+        pred_len=info.pred_len,
+        factor=inf.factor,
+        d_model=model_config.d_model,
+        n_heads=inf.n_heads,
+        e_layers=inf.e_layers,
+        d_layers=inf.d_layers,
+        d_ff=inf.d_ff,
+        dropout=model_config.dropout,
+        attn=inf.attn,
+        embed=inf.embed,
+        activation=inf.activation,
+        distil=inf.distil,
+        mix=inf.mix,
+        encoder_mixer=encoder_mixer,
+        encoder_mixer_kwargs=(
+            {} if encoder_mixer is None else mixer_kwargs_from_config(
+                _with_mixer(model_config, encoder_mixer), info.max_length)))
   if getattr(info, "output_kind", "class") == "tokens":
     from models.lm import CausalLM  # pylint: disable=g-import-not-at-top
     return CausalLM(
@@ -139,7 +185,8 @@ def build_model(model_config: ml_collections.ConfigDict, info) -> nn.Module:
         norm=model_config.norm,
         dropout=model_config.dropout,
         output=model_config.output,
-        ff_mult=model_config.get("ff_mult", 0))
+        ff_mult=model_config.get("ff_mult", 0),
+        dense_rank=model_config.get("dense_rank"))
   max_length = info.max_length + (1 if model_config.pool == "cls" else 0)
   return SequenceClassifier(
       num_classes=info.num_classes,
@@ -154,5 +201,6 @@ def build_model(model_config: ml_collections.ConfigDict, info) -> nn.Module:
       dropout=model_config.dropout,
       output=model_config.output,
       ff_mult=model_config.get("ff_mult", 0),
+      dense_rank=model_config.get("dense_rank"),
       pool=model_config.pool,
   )

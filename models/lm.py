@@ -31,6 +31,7 @@ class CausalLM(nn.Module):
   dropout: float = 0.0
   output: str = "glu"
   ff_mult: int = 0
+  dense_rank: int | None = None
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -48,7 +49,8 @@ class CausalLM(nn.Module):
         mixer=self.mixer, mixer_kwargs=self.mixer_kwargs, d_model=self.d_model,
         n_layers=self.n_layers, prenorm=self.prenorm, norm=self.norm,
         dropout=self.dropout, output=self.output, ff_mult=self.ff_mult,
-        dtype=self.dtype, param_dtype=self.param_dtype, name="backbone")(
+        dense_rank=self.dense_rank, dtype=self.dtype,
+        param_dtype=self.param_dtype, name="backbone")(
             x, mask, train=train)
     logits = nn.Dense(
         self.vocab_size, dtype=self.dtype, param_dtype=self.param_dtype,

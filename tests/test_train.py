@@ -381,6 +381,36 @@ def test_mamba2_and_sgconv_learn_and_one_device_equals_eight(tmp_path, mixer):
                                rtol=1e-4)
 
 
+# Attention mixers at the toy length (16): small windows, blocks and ranks.
+ATTENTION_MIXERS = {
+    "attention": {},
+    "linear_attention": {"causal": False, "chunk_size": 4},
+    "linformer": {"k": 8},
+    "lowrank": {"rank": 4},
+    "longformer": {"window": 4},
+    "bigbird": {"block_size": 4, "num_rand_blocks": 1},
+    "probsparse": {"factor": 1},
+}
+
+
+@pytest.mark.parametrize("mixer", sorted(ATTENTION_MIXERS))
+def test_attention_mixers_learn_in_the_lra_backbone(tmp_path, mixer):
+  """Each attention mixer in the LRA backbone (its own output projection,
+  a feed-forward sublayer): the loss falls within a few steps."""
+  config = toy_config()
+  with config.unlocked():
+    config.model.mixer = mixer
+    config.model.output = "none"
+    config.model.ff_mult = 2
+    config.model[mixer].update(dict(n_heads=2, **ATTENTION_MIXERS[mixer]))
+    config.train.num_steps = 24
+    config.train.checkpoint_every_steps = 24
+    config.train.eval_every_steps = 24
+  trainer.train_and_evaluate(config, str(tmp_path))
+  losses = [r["loss"] for r in _records(tmp_path) if r["split"] == "train"]
+  assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
+
+
 def test_mamba2_decay_free_parameters_join_no_decay():
   config = _new_mixer_config("mamba2")
   mixer_cls = registry.get_mixer("mamba2")

@@ -71,9 +71,23 @@ def param_labels(params: Any, patterns: Mapping[str, str]) -> Any:
 
 
 def make_schedule(peak: float, *, schedule: str, warmup_steps: int,
-                  total_steps: int) -> optax.Schedule:
-  """Linear warmup from 0 to ``peak``, then cosine to 0 at ``total_steps``
-  (or constant)."""
+                  total_steps: int, steps_per_epoch: int | None = None,
+                  decay_rate: float = 0.5,
+                  decay_every_epochs: int = 1) -> optax.Schedule:
+  """Linear warmup from 0 to ``peak``, then cosine to 0 at ``total_steps``,
+  constant, or (``"epoch_decay"``) multiplied by ``decay_rate`` every
+  ``decay_every_epochs`` epochs of ``steps_per_epoch`` steps: the Informer's
+  ``lradj="type1"``, ``lr * 0.5 ** (epoch - 1)``."""
+  if schedule == "epoch_decay":
+    if not steps_per_epoch:
+      raise ValueError("optim.schedule='epoch_decay' needs the steps per epoch")
+    decay = optax.exponential_decay(
+        peak, transition_steps=steps_per_epoch * decay_every_epochs,
+        decay_rate=decay_rate, staircase=True)
+    if warmup_steps == 0:
+      return decay
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, peak, warmup_steps), decay], [warmup_steps])
   if schedule == "cosine":
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=peak, warmup_steps=warmup_steps,
@@ -84,7 +98,8 @@ def make_schedule(peak: float, *, schedule: str, warmup_steps: int,
     return optax.join_schedules(
         [optax.linear_schedule(0.0, peak, warmup_steps),
          optax.constant_schedule(peak)], [warmup_steps])
-  raise ValueError(f"optim.schedule={schedule!r} is not 'cosine' or 'constant'")
+  raise ValueError(f"optim.schedule={schedule!r} is not 'cosine', 'constant' "
+                   "or 'epoch_decay'")
 
 
 def group_hyperparameters(
@@ -104,6 +119,7 @@ def group_hyperparameters(
 
 def make_optimizer(
     optim_config: ml_collections.ConfigDict, total_steps: int, *,
+    steps_per_epoch: int | None = None,
     mixer_no_decay: Sequence[str] = ()
 ) -> tuple[optax.GradientTransformation, dict[str, optax.Schedule],
            Callable[[Any], Any]]:
@@ -113,6 +129,8 @@ def make_optimizer(
   whatever the config says (the mixer class's ``NO_WEIGHT_DECAY``, e.g. Mamba-2's
   ``A_log``, ``D`` and ``dt_bias`` as in the official code); they join the
   ``no_decay`` group (created with weight decay 0 if the config has none).
+
+  ``steps_per_epoch`` is needed by the ``"epoch_decay"`` schedule.
 
   Returns:
     ``(tx, schedules, labels_fn)``: the transformation (its update needs the
@@ -127,7 +145,10 @@ def make_optimizer(
       optim_config, mixer_no_decay).items():
     schedules[name] = make_schedule(
         lr, schedule=optim_config.schedule,
-        warmup_steps=optim_config.warmup_steps, total_steps=total_steps)
+        warmup_steps=optim_config.warmup_steps, total_steps=total_steps,
+        steps_per_epoch=steps_per_epoch,
+        decay_rate=optim_config.get("decay_rate", 0.5),
+        decay_every_epochs=optim_config.get("decay_every_epochs", 1))
     transforms[name] = optax.adamw(
         schedules[name], b1=optim_config.b1, b2=optim_config.b2,
         eps=optim_config.eps, weight_decay=wd)

@@ -3,7 +3,7 @@
 The run directory ``workdir`` holds::
 
   checkpoints/        latest checkpoints (train.keep_checkpoints of them)
-  checkpoints_best/   the checkpoint with the best validation accuracy
+  checkpoints_best/   the checkpoint with the best validation metric (train.best_metric)
   metrics.jsonl       one JSON record per log / evaluation
   tensorboard/<split> TensorBoard event files
   test_metrics.json   the best checkpoint's test metrics (written at the end)
@@ -15,6 +15,7 @@ last checkpoint and logs exactly what an uninterrupted run logs.
 """
 import json
 import logging
+import math
 import os
 import signal
 import time
@@ -59,14 +60,28 @@ def _loss_sums(logits, batch) -> dict[str, jax.Array]:
   """Weighted sums the loss and the metrics are means of.
 
   ``logits [b, classes]`` (one label per sequence) or ``[b, t, vocab]`` (one
-  target per position). Returns ``loss_sum`` / ``loss_count`` (cross-entropy
-  per example, or per token of ``batch["loss_mask"]``, default
-  ``batch["target_mask"]``), ``correct`` / ``count`` (accuracy per example;
-  with token targets an example is correct when all its ``target_mask`` tokens
-  are), and with token targets ``token_correct`` / ``token_count`` (accuracy
-  per ``target_mask`` token). Padding rows have weight 0.
+  target per position; integer ``targets``), or forecasts ``[b, t, c]`` when
+  ``targets`` are real-valued. Padding rows have weight 0.
+
+  Classes and tokens: ``loss_sum`` / ``loss_count`` (cross-entropy per example,
+  or per token of ``batch["loss_mask"]``, default ``batch["target_mask"]``),
+  ``correct`` / ``count`` (accuracy per example; with token targets an example
+  is correct when all its ``target_mask`` tokens are), and with token targets
+  ``token_correct`` / ``token_count`` (accuracy per ``target_mask`` token).
+
+  Forecasts: ``loss_sum`` = ``se_sum`` (squared errors), ``ae_sum`` (absolute
+  errors), ``loss_count`` (predicted values) and ``count`` (examples): the
+  loss is the MSE over every predicted value, as the Informer's.
   """
   targets, weight = batch["targets"], batch["weight"]
+  if jnp.issubdtype(targets.dtype, jnp.floating):
+    err = logits.astype(jnp.float32) - targets.astype(jnp.float32)
+    per_value = weight.reshape((-1,) + (1,) * (err.ndim - 1))
+    values = math.prod(err.shape[1:])
+    se_sum = jnp.sum(jnp.square(err) * per_value)
+    return {"loss_sum": se_sum, "loss_count": jnp.sum(weight) * values,
+            "ae_sum": jnp.sum(jnp.abs(err) * per_value),
+            "count": jnp.sum(weight)}
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
   hit = jnp.argmax(logits, axis=-1) == targets
   if logits.ndim == 2:
@@ -87,13 +102,67 @@ def _loss_sums(logits, batch) -> dict[str, jax.Array]:
 
 
 def _means(sums) -> dict[str, Any]:
-  """Loss and accuracies from the sums of :func:`_loss_sums`."""
-  means = {"loss": sums["loss_sum"] / jnp.maximum(sums["loss_count"], 1.0),
-           "accuracy": sums["correct"] / jnp.maximum(sums["count"], 1.0)}
+  """Loss and accuracies (or MSE and MAE) from the sums of :func:`_loss_sums`."""
+  loss_count = jnp.maximum(sums["loss_count"], 1.0)
+  means = {"loss": sums["loss_sum"] / loss_count}
+  if "ae_sum" in sums:
+    means["mse"] = means["loss"]
+    means["mae"] = sums["ae_sum"] / loss_count
+    return means
+  means["accuracy"] = sums["correct"] / jnp.maximum(sums["count"], 1.0)
   if "token_correct" in sums:
     means["token_accuracy"] = sums["token_correct"] / jnp.maximum(
         sums["token_count"], 1.0)
   return means
+
+
+# Metrics that are better when smaller (the others are better when larger).
+_LOWER_IS_BETTER = ("loss", "mse", "mae")
+
+
+def best_metric(config: ml_collections.ConfigDict, info) -> tuple[str, str]:
+  """``(validation metric, "min" | "max")`` that picks the best checkpoint:
+  ``train.best_metric``, by default the accuracy, or the loss for forecasts."""
+  name = config.train.get("best_metric")
+  if name is None:
+    name = "loss" if getattr(info, "output_kind", "class") == "forecast" else (
+        "accuracy")
+  return name, "min" if name in _LOWER_IS_BETTER else "max"
+
+
+def _mixer_no_decay(model_config, info) -> tuple[str, ...]:
+  """The ``NO_WEIGHT_DECAY`` names of the model's sequence mixer."""
+  name = model_config.mixer
+  if getattr(info, "output_kind", "class") == "forecast":
+    name = model_config.informer.get("encoder_mixer") or None
+  if name is None:
+    return ()
+  return tuple(getattr(layers.get_mixer(name), "NO_WEIGHT_DECAY", ()))
+
+
+def dummy_inputs(info, batch_size: int = 1) -> dict[str, jax.Array]:
+  """Zero model inputs of a task's shapes (all positions real), for init."""
+  t = info.max_length
+  if info.input_kind == "tokens":
+    batch = {"inputs": jnp.zeros((batch_size, t), jnp.int32)}
+  else:
+    batch = {"inputs": jnp.zeros((batch_size, t, info.input_channels),
+                                 jnp.float32)}
+  batch["mask"] = jnp.ones((batch_size, t), bool)
+  if getattr(info, "output_kind", "class") == "forecast":
+    nt, c = info.time_channels, info.input_channels
+    batch["inputs_time"] = jnp.zeros((batch_size, t, nt), jnp.float32)
+    batch["decoder_inputs"] = jnp.zeros((batch_size, info.label_len, c),
+                                        jnp.float32)
+    batch["decoder_time"] = jnp.zeros(
+        (batch_size, info.label_len + info.pred_len, nt), jnp.float32)
+  return batch
+
+
+def _model_args(batch, info) -> tuple[tuple, dict]:
+  """Positional and keyword model inputs of a batch."""
+  extra = getattr(info, "extra_inputs", ()) if info is not None else ()
+  return (batch["inputs"], batch["mask"]), {k: batch[k] for k in extra}
 
 
 def _variables(state: TrainState) -> dict:
@@ -105,21 +174,28 @@ def _variables(state: TrainState) -> dict:
   return variables
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation):
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
+                    info=None):
   """``train_step(state, batch, rng) -> (state, metrics)``, a pure function.
 
-  Dropout uses ``fold_in(rng, state.step)``, so the randomness of a step
-  depends only on the run's key and the step number.
+  Dropout (rng "dropout") and sampling inside the model (rng "sample", e.g.
+  ProbSparse attention's keys) use keys folded from ``rng`` and
+  ``state.step``, so the randomness of a step depends only on the run's key
+  and the step number. ``info`` (the task's ``TaskInfo``) names the extra
+  model inputs of a batch.
   """
 
   def train_step(state: TrainState, batch: dict, rng: jax.Array):
     step_rng = jax.random.fold_in(rng, state.step)
+    args, kwargs = _model_args(batch, info)
 
     def loss_fn(params):
       variables = _variables(state.replace(params=params))
       logits, updates = model.apply(
-          variables, batch["inputs"], batch["mask"], train=True,
-          rngs={"dropout": step_rng}, mutable=["batch_stats"])
+          variables, *args, train=True, **kwargs,
+          rngs={"dropout": step_rng,
+                "sample": jax.random.fold_in(step_rng, 1)},
+          mutable=["batch_stats"])
       means = _means(_loss_sums(logits, batch))
       return means["loss"], (updates, means)
 
@@ -138,25 +214,36 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation):
   return train_step
 
 
-def make_eval_step(model: nn.Module):
-  """``eval_step(state, batch) -> sums`` (padding rows have weight 0)."""
+def make_eval_step(model: nn.Module, info=None):
+  """``eval_step(state, batch, rng) -> sums`` (padding rows have weight 0);
+  ``rng`` feeds sampling inside the model (rng "sample")."""
 
-  def eval_step(state: TrainState, batch: dict):
-    logits = model.apply(_variables(state), batch["inputs"], batch["mask"],
-                         train=False)
+  def eval_step(state: TrainState, batch: dict, rng: jax.Array):
+    args, kwargs = _model_args(batch, info)
+    logits = model.apply(_variables(state), *args, train=False, **kwargs,
+                         rngs={"sample": rng})
     return _loss_sums(logits, batch)
 
   return eval_step
 
 
+# Key of the evaluation's sampling (ProbSparse attention): fixed, so that
+# every evaluation of a checkpoint gives the same numbers.
+_EVAL_SAMPLE_SEED = 12345
+
+
 def evaluate(eval_step, state: TrainState, batches, sharding,
-             max_steps: int | None = None) -> dict[str, float]:
-  """Weighted mean loss and accuracies over ``batches`` (each example once)."""
+             max_steps: int | None = None, *, seed: int = 0) -> dict[str, float]:
+  """Weighted mean loss and accuracies over ``batches`` (each example once).
+
+  Batch ``i`` samples with ``fold_in(key(seed + _EVAL_SAMPLE_SEED), i)``."""
   sums = None
+  rng = jax.random.key(seed + _EVAL_SAMPLE_SEED)
   for i, batch in enumerate(batches):
     if max_steps is not None and i >= max_steps:
       break
-    out = eval_step(state, partitioning.global_batch(batch, sharding))
+    out = eval_step(state, partitioning.global_batch(batch, sharding),
+                    jax.random.fold_in(rng, i))
     sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
   if sums is None:
     raise ValueError("evaluation saw no batch")
@@ -181,12 +268,13 @@ def _abstract(tree, shardings):
       tree, shardings)
 
 
-def _checkpoint_manager(directory: str, *, max_to_keep: int,
-                        best: bool) -> ocp.CheckpointManager:
+def _checkpoint_manager(directory: str, *, max_to_keep: int, best: bool,
+                        metric: str = "accuracy",
+                        mode: str = "max") -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep,
-      best_fn=(lambda m: m["accuracy"]) if best else None,
-      best_mode="max",
+      best_fn=(lambda m: m[metric]) if best else None,
+      best_mode=mode,
       keep_checkpoints_without_metrics=not best,
       create=True)
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
@@ -223,10 +311,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   eval_every = config.train.eval_every_steps or steps_per_epoch
 
   model = models.build_model(config.model, info)
-  mixer_cls = layers.get_mixer(config.model.mixer)
   tx, schedules, _ = optim_lib.make_optimizer(
-      config.optim, total_steps,
-      mixer_no_decay=getattr(mixer_cls, "NO_WEIGHT_DECAY", ()))
+      config.optim, total_steps, steps_per_epoch=steps_per_epoch,
+      mixer_no_decay=_mixer_no_decay(config.model, info))
+  metric_name, metric_mode = best_metric(config, info)
+  patience = config.train.get("early_stopping_patience")
 
   mesh = partitioning.make_mesh(config.mesh, devices)
   rules = partitioning.axis_rules(config.mesh)
@@ -245,11 +334,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   init_rng, dropout_rng = jax.random.split(root_rng)
 
   def init_variables(rng):
-    inputs = jnp.zeros((1,) + spec["inputs"].shape, spec["inputs"].dtype)
-    mask = jnp.ones((1,) + spec["mask"].shape, bool)
+    dummy = {k: jnp.zeros((1,) + v.shape, v.dtype) for k, v in spec.items()}
+    dummy["mask"] = jnp.ones((1,) + spec["mask"].shape, bool)
+    args, kwargs = _model_args(dummy, info)
     params_rng, dropout_init_rng = jax.random.split(rng)
-    return model.init({"params": params_rng, "dropout": dropout_init_rng},
-                      inputs, mask, train=False)
+    return model.init({"params": params_rng, "dropout": dropout_init_rng,
+                       "sample": dropout_init_rng}, *args, train=False,
+                      **kwargs)
 
   with partitioning.mesh_context(mesh, rules):
     boxed = jax.eval_shape(init_variables, init_rng)
@@ -276,11 +367,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     abstract_state = _abstract(jax.eval_shape(create_state, init_rng),
                                state_sharding)
     train_step = jax.jit(
-        make_train_step(model, tx),
+        make_train_step(model, tx, info),
         in_shardings=(state_sharding, data_sharding, replicated),
         out_shardings=(state_sharding, replicated), donate_argnums=(0,))
-    eval_step = jax.jit(make_eval_step(model),
-                        in_shardings=(state_sharding, data_sharding),
+    eval_step = jax.jit(make_eval_step(model, info),
+                        in_shardings=(state_sharding, data_sharding,
+                                      replicated),
                         out_shardings=replicated)
 
     train_iter = pipeline.make_train_iterator(
@@ -293,8 +385,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     best_dir = os.path.join(workdir, "checkpoints_best")
     manager = _checkpoint_manager(
         ckpt_dir, max_to_keep=config.train.keep_checkpoints, best=False)
-    best_manager = _checkpoint_manager(best_dir, max_to_keep=1, best=True)
+    best_manager = _checkpoint_manager(best_dir, max_to_keep=1, best=True,
+                                       metric=metric_name, mode=metric_mode)
     latest = manager.latest_step()
+    # Early stopping: the best validation value so far, the evaluations since
+    # it, and whether the run has stopped (all saved with each checkpoint).
+    stopping = {"best": None, "evals_since_best": 0, "stopped_early": False}
     if latest is None:
       state = jax.jit(create_state, out_shardings=state_sharding)(init_rng)
     else:
@@ -306,6 +402,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       state = restored["state"]
       dropout_rng = jax.random.wrap_key_data(
           np.asarray(restored["meta"]["dropout_rng"], np.uint32))
+      stopping.update(restored["meta"].get("early_stopping", {}))
     start_step = int(jax.device_get(state.step))
     # Best-by-validation checkpoints the interrupted run wrote after the
     # checkpoint it resumes from are redone by this run.
@@ -324,7 +421,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         items["meta"] = ocp.args.JsonSave({
             "dropout_rng": np.asarray(
                 jax.random.key_data(dropout_rng)).tolist(),
-            "seed": config.seed})
+            "seed": config.seed, "early_stopping": dict(stopping)})
       manager_.save(step, args=ocp.args.Composite(**items), metrics=metrics,
                     force=True)
 
@@ -335,6 +432,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                     disable=not (config.train.progress_bar and is_main))
     try:
       for step in range(start_step + 1, total_steps + 1):
+        if stopping["stopped_early"]:
+          break
         batch = partitioning.global_batch(next(train_iter), data_sharding)
         state, step_metrics = train_step(state, batch, dropout_rng)
         sums = step_metrics if sums is None else jax.tree.map(
@@ -350,16 +449,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           elapsed = time.perf_counter() - window_start
           means["steps_per_second"] = window / max(elapsed, 1e-9)
           writer.write(step, "train", means)
-          bar.set_postfix(loss=f"{means['loss']:.4f}",
-                          acc=f"{means['accuracy']:.3f}")
+          bar.set_postfix({k: f"{means[k]:.4f}" for k in ("loss", "accuracy")
+                           if k in means})
           sums, window, window_start = None, 0, time.perf_counter()
 
         if step % eval_every == 0 or step == total_steps:
           validation = evaluate(eval_step, state, val_batches, data_sharding,
-                                config.train.eval_steps)
+                                config.train.eval_steps, seed=config.seed)
           writer.write(step, "validation", validation)
-          save(best_manager, step, {"accuracy": validation["accuracy"]},
-               with_data=False)
+          value = validation[metric_name]
+          best = stopping["best"]
+          # Only a strict improvement counts (the first of equal values
+          # stays the best), as the Informer's early stopping.
+          if best is None or (value < best if metric_mode == "min"
+                              else value > best):
+            stopping["best"], stopping["evals_since_best"] = value, 0
+            save(best_manager, step, {metric_name: value}, with_data=False)
+          else:
+            stopping["evals_since_best"] += 1
+          if patience is not None and stopping["evals_since_best"] >= patience:
+            logging.info(
+                "early stopping at step %d: validation %s has not improved "
+                "for %d evaluations (train.early_stopping_patience)", step,
+                metric_name, patience)
+            stopping["stopped_early"] = True
+            save(manager, step)
+            break
 
         if stop_after is not None and step >= stop_after:
           logging.info("stopping after step %d (train.stop_after_step)", step)
@@ -378,8 +493,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       train_iter.close()  # Stops grain's worker processes, if any.
       writer.flush()
 
-    result = {"step": int(jax.device_get(state.step)), "validation": validation}
-    finished = result["step"] >= total_steps
+    result = {"step": int(jax.device_get(state.step)), "validation": validation,
+              "stopped_early": stopping["stopped_early"]}
+    finished = result["step"] >= total_steps or stopping["stopped_early"]
     if finished and config.train.test_at_end:
       best_step = best_manager.best_step()
       test_state = state
@@ -388,7 +504,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             state=ocp.args.StandardRestore(abstract_state)))["state"]
       test_batches = pipeline.make_eval_iterable(
           task, config.data, "test", source=sources["test"])
-      test = evaluate(eval_step, test_state, test_batches, data_sharding)
+      test = evaluate(eval_step, test_state, test_batches, data_sharding,
+                      seed=config.seed)
       # The step is the evaluated checkpoint's (the best validation one).
       writer.write(int(jax.device_get(test_state.step)), "test", test)
       test["step"] = int(jax.device_get(test_state.step))
@@ -421,18 +538,15 @@ def restore_model(config: ml_collections.ConfigDict, workdir: str, *,
   if info is None:
     info = validate.find_task(config.data.task).info(config.data)
   model = models.build_model(config.model, info)
-  mixer_cls = layers.get_mixer(config.model.mixer)
   tx, _, _ = optim_lib.make_optimizer(
-      config.optim, max(config.optim.warmup_steps + 1, 2),
-      mixer_no_decay=getattr(mixer_cls, "NO_WEIGHT_DECAY", ()))
-  inputs = (jnp.zeros((1, info.max_length), jnp.int32)
-            if info.input_kind == "tokens" else
-            jnp.zeros((1, info.max_length, info.input_channels), jnp.float32))
+      config.optim, max(config.optim.warmup_steps + 1, 2), steps_per_epoch=1,
+      mixer_no_decay=_mixer_no_decay(config.model, info))
+  args, kwargs = _model_args(dummy_inputs(info), info)
 
   def create_state(rng):
     variables = _unbox_without_constraints(model.init(
-        {"params": rng, "dropout": rng}, inputs,
-        jnp.ones((1, info.max_length), bool), train=False))
+        {"params": rng, "dropout": rng, "sample": rng}, *args, train=False,
+        **kwargs))
     return TrainState(step=jnp.zeros((), jnp.int32),
                       params=variables["params"],
                       batch_stats=variables.get("batch_stats", {}),
@@ -445,7 +559,9 @@ def restore_model(config: ml_collections.ConfigDict, workdir: str, *,
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
       abstract)
   directory = os.path.join(workdir, "checkpoints_best" if best else "checkpoints")
-  manager = _checkpoint_manager(directory, max_to_keep=1, best=best)
+  metric_name, metric_mode = best_metric(config, info)
+  manager = _checkpoint_manager(directory, max_to_keep=1, best=best,
+                                metric=metric_name, mode=metric_mode)
   step = manager.best_step() if best else manager.latest_step()
   if step is None:
     manager.close()

@@ -1,0 +1,194 @@
+"""Softmax attention: dense and blocked XLA forms against the reference.
+
+Values and gradients (random cotangent) of q, k, v are compared with the
+relative error of the difference against the reference's scale; the
+reference itself is checked against a float64 numpy loop.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kernels import Impl
+from kernels import flash_attention as fa
+from kernels.flash_attention import (attention, attention_blocked,
+                                     attention_dense, attention_reference)
+
+
+def _rel(x, ref):
+  x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
+  return np.max(np.abs(x - ref)) / (np.max(np.abs(ref)) + 1e-30)
+
+
+def _inputs(seed, b=2, t=13, s=None, h=2, p=4, pv=None):
+  s = t if s is None else s
+  pv = p if pv is None else pv
+  rng = np.random.default_rng(seed)
+  f32 = lambda shape: jnp.asarray(rng.normal(size=shape), jnp.float32)
+  return f32((b, t, h, p)), f32((b, s, h, p)), f32((b, s, h, pv))
+
+
+def _numpy_attention(q, k, v, allowed, scale):
+  """float64 loops: ``allowed [b, t, s]``."""
+  q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+  b, t, h, _ = q.shape
+  out = np.zeros((b, t, h, v.shape[-1]))
+  for bi in range(b):
+    for hi in range(h):
+      for i in range(t):
+        idx = np.nonzero(allowed[bi, i])[0]
+        if idx.size == 0:
+          continue
+        sc = scale * k[bi, idx, hi] @ q[bi, i, hi]
+        w = np.exp(sc - sc.max())
+        out[bi, i, hi] = (w / w.sum()) @ v[bi, idx, hi]
+  return out
+
+
+def _masks(seed, b, t, s, segments):
+  rng = np.random.default_rng(seed)
+  kv_mask = rng.random((b, s)) < 0.8
+  kv_mask[0, :] = False if b > 1 else kv_mask[0, :]  # a row with no keys
+  if b > 1:
+    kv_mask[0, 0] = True
+  q_seg = kv_seg = None
+  if segments:
+    q_seg = np.sort(rng.integers(0, 3, size=(b, t)), axis=1).astype(np.int32)
+    kv_seg = np.sort(rng.integers(0, 3, size=(b, s)), axis=1).astype(np.int32)
+  return kv_mask, q_seg, kv_seg
+
+
+def _allowed(b, t, s, causal, kv_mask, q_seg, kv_seg):
+  allowed = np.ones((b, t, s), bool)
+  if kv_mask is not None:
+    allowed &= kv_mask[:, None, :]
+  if q_seg is not None:
+    allowed &= q_seg[:, :, None] == kv_seg[:, None, :]
+  if causal:
+    allowed &= np.tril(np.ones((t, s), bool))[None]
+  return allowed
+
+
+@pytest.mark.parametrize("causal,masked,segments", [
+    (False, False, False), (True, False, False), (False, True, True),
+    (True, True, True)])
+def test_reference_matches_numpy(causal, masked, segments):
+  b, t, h, p = 2, 9, 2, 3
+  q, k, v = _inputs(0, b=b, t=t, h=h, p=p)
+  kv_mask, q_seg, kv_seg = _masks(1, b, t, t, segments)
+  if not masked:
+    kv_mask = None
+  out, state = attention_reference(
+      q, k, v, causal=causal, kv_mask=kv_mask, q_segment_ids=q_seg,
+      kv_segment_ids=kv_seg, scale=0.7)
+  assert state is None
+  want = _numpy_attention(q, k, v, _allowed(b, t, t, causal, kv_mask, q_seg,
+                                            kv_seg), 0.7)
+  assert _rel(out, want) < 1e-5
+  if masked:  # a query row with no allowed key gives exactly zero
+    allowed = _allowed(b, t, t, causal, kv_mask, q_seg, kv_seg)
+    empty = ~allowed.any(-1)
+    assert empty.any()
+    np.testing.assert_array_equal(np.asarray(out)[empty], 0.0)
+
+
+def _compare(form, q, k, v, kw, tol_y=2e-6, tol_g=5e-6):
+  fn = lambda *a: form(*a, **kw)[0]
+  kw_ref = {k: w for k, w in kw.items() if k != "save_probs"}
+  ref = lambda *a: attention_reference(*a, **kw_ref)[0]
+  out, vjp = jax.vjp(jax.jit(fn), q, k, v)
+  out_ref, vjp_ref = jax.vjp(jax.jit(ref), q, k, v)
+  assert out.shape == out_ref.shape and out.dtype == out_ref.dtype
+  assert _rel(out, out_ref) < tol_y, _rel(out, out_ref)
+  ct = jnp.asarray(np.random.default_rng(7).normal(size=out.shape),
+                   jnp.float32)
+  for name, g, gr in zip("qkv", vjp(ct), vjp_ref(ct)):
+    assert g.shape == gr.shape
+    assert np.all(np.isfinite(np.asarray(g))), name
+    assert _rel(g, gr) < tol_g, (name, _rel(g, gr))
+
+
+@pytest.mark.parametrize("causal,t,s,bq,bk,save_probs", [
+    (False, 16, 16, 4, 4, False),   # blocks divide the lengths
+    (True, 16, 16, 4, 4, True),
+    (True, 13, 13, 4, 8, False),    # they do not; bq != bk
+    (False, 13, 13, 8, 3, True),
+    (True, 13, 13, 8, 3, False),
+    (True, 7, 7, 32, 32, False),    # blocks longer than the sequence
+    (False, 12, 20, 5, 6, False),   # t != s (non-causal only)
+    (False, 12, 20, 5, 6, True),
+])
+def test_blocked_matches_reference(causal, t, s, bq, bk, save_probs):
+  q, k, v = _inputs(t + s + bq, t=t, s=s, pv=5)
+  _compare(attention_blocked, q, k, v,
+           dict(causal=causal, block_q=bq, block_k=bk, save_probs=save_probs))
+
+
+def _blocked_saving(*a, **kw):
+  return attention_blocked(*a, save_probs=True, **kw)
+
+
+@pytest.mark.parametrize("form", [attention_blocked, _blocked_saving,
+                                  attention_dense])
+@pytest.mark.parametrize("causal", [False, True])
+def test_masks_and_segments(form, causal):
+  b, t = 3, 11
+  q, k, v = _inputs(3, b=b, t=t)
+  kv_mask, q_seg, kv_seg = _masks(4, b, t, t, True)
+  _compare(form, q, k, v,
+           dict(causal=causal, kv_mask=jnp.asarray(kv_mask),
+                q_segment_ids=jnp.asarray(q_seg),
+                kv_segment_ids=jnp.asarray(kv_seg), block_q=4, block_k=3))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_dense_matches_reference(causal):
+  q, k, v = _inputs(5, t=10)
+  _compare(attention_dense, q, k, v, dict(causal=causal, scale=0.3))
+
+
+def test_dispatcher(monkeypatch):
+  q, k, v = _inputs(6, t=9)
+  ref = attention(q, k, v, impl="reference")[0]
+  for impl in (Impl.AUTO, "xla"):
+    assert _rel(attention(q, k, v, impl=impl)[0], ref) < 2e-6
+  # Above the dense size limit the XLA form is the blocked one.
+  calls = []
+  monkeypatch.setattr(fa, "DENSE_MAX_BYTES", 0)
+  monkeypatch.setattr(fa, "attention_blocked",
+                      lambda *a, **kw: calls.append(kw) or ref)
+  fa.attention(q, k, v, impl="xla", block_q=4)
+  monkeypatch.setattr(fa, "SAVE_PROBS_MAX_BYTES", 1 << 20)
+  fa.attention(q, k, v, impl="xla")
+  assert calls[0]["block_q"] == 4 and not calls[0]["save_probs"]
+  assert calls[1]["save_probs"]
+  with pytest.raises(ValueError, match="impl="):
+    attention(q, k, v, impl="nope")
+
+
+def test_large_logits_are_stable():
+  q, k, v = _inputs(8, t=12)
+  q = q * 200.0
+  for form in (attention_blocked, _blocked_saving, attention_dense):
+    out = form(q, k, v, block_q=4, block_k=4)[0]
+    assert _rel(out, attention_reference(q, k, v)[0]) < 1e-5
+
+
+def test_bfloat16_inputs():
+  q, k, v = (x.astype(jnp.bfloat16) for x in _inputs(9, t=10))
+  out = attention_blocked(q, k, v, block_q=4, block_k=4)[0]
+  assert out.dtype == jnp.bfloat16
+  ref = attention_reference(q, k, v)[0]
+  assert _rel(out.astype(jnp.float32), ref.astype(jnp.float32)) < 1e-2
+
+
+def test_bad_shapes_raise():
+  q, k, v = _inputs(0, t=6, s=8)
+  with pytest.raises(ValueError, match="causal attention needs t == s"):
+    attention_reference(q, k, v, causal=True)
+  with pytest.raises(ValueError, match="kv_mask must be"):
+    attention_blocked(q, k, v, kv_mask=jnp.ones((2, 6), bool))
+  with pytest.raises(ValueError, match="both q_segment_ids"):
+    attention_dense(q, k, v, q_segment_ids=jnp.zeros((2, 6), jnp.int32))
+  with pytest.raises(ValueError, match="block_q=0"):
+    attention_blocked(q, k, v, block_q=0)
