@@ -273,7 +273,6 @@ def validate_config(config: ml_collections.ConfigDict, *,
   _check_int("train.keep_checkpoints", train.keep_checkpoints, minimum=1)
   _check_choice("train.best_metric", train.get("best_metric"),
                 (None, "accuracy", "loss", "mse", "mae"))
-  info = find_task(data.task).info(data)
   if train.get("best_metric") is not None:
     forecast = getattr(info, "output_kind", "class") == "forecast"
     allowed = ("loss", "mse", "mae") if forecast else ("accuracy", "loss")

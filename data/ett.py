@@ -593,8 +593,7 @@ def make_windows(dates: np.ndarray, values: np.ndarray, data_config: Any,
 
 
 def forecast_info(data_config: Any) -> dict[str, Any]:
-  """The forecasting fields of the task's TaskInfo (also usable where TaskInfo
-  lacks them)."""
+  """The forecasting fields of the task's TaskInfo."""
   o = EttOptions.from_config(data_config)
   return {"output_channels": o.output_channels, "time_channels": o.time_channels,
           "label_len": o.label_len, "pred_len": o.pred_len,
@@ -603,11 +602,9 @@ def forecast_info(data_config: Any) -> dict[str, Any]:
 
 def task_info(data_config: Any) -> tasks.TaskInfo:
   o = EttOptions.from_config(data_config)
-  known = {f.name for f in dataclasses.fields(tasks.TaskInfo)}
-  extra = {k: v for k, v in forecast_info(data_config).items() if k in known}
   return tasks.TaskInfo(num_classes=o.output_channels, max_length=o.seq_len,
                         input_kind="continuous", input_channels=o.input_channels,
-                        output_kind="forecast", **extra)
+                        output_kind="forecast", **forecast_info(data_config))
 
 
 def task_sources(data_config: Any) -> dict[str, EttWindows]:
