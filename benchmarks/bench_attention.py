@@ -15,7 +15,20 @@ float32 with batch ``--batch`` (8), width ``--width`` (256) and
     rank), ``longformer`` (one-sided window 256), ``bigbird`` (block 64,
     3 random blocks), ``probsparse`` (factor 5; rng ``"sample"``);
 each forward only (``fwd``) and forward + backward (``fwdbwd``: gradients of
-``sum(y * ct)`` w.r.t. the parameters and ``x``). A mixer that is not
+``sum(y * ct)`` w.r.t. the parameters and ``x``). ``attention_kernel`` times
+the softmax-attention op alone (``kernels.flash_attention.attention`` on
+``q, k, v [b, t, h, p]``, gradients w.r.t. ``q, k, v``): the same work as
+PyTorch's ``scaled_dot_product_attention``, which the issue's full-attention
+target names.
+
+``--baselines`` also times, in the same run and on the same shapes, the
+PyTorch references the targets were set against, where they are installed
+(they are not dependencies of this project): ``torch_sdpa`` (``torch.nn.
+functional.scaled_dot_product_attention`` on ``[b, h, t, p]``, against
+``attention_kernel``) and ``pypi_linformer`` (the PyPI ``linformer``
+package's ``LinformerSelfAttention(dim, seq_len=t, heads, k=256)``, against
+``linformer``), with ``torch.get_num_threads()`` threads. The table then
+gives each row's speed-up over its baseline. A mixer that is not
 registered (its module has not landed) is skipped with that reason, as is a
 config whose XLA memory estimate (``compiled.memory_analysis()``: arguments
 + outputs + temporaries) exceeds ``--max-gib`` or that runs past
@@ -48,6 +61,7 @@ import harness
 
 # name -> (registered mixer, layer kwargs; "{t}" means the length).
 MIXERS = {
+    "attention_kernel": ("attention", {}),
     "attention_dense": ("attention", {}),
     "attention_blocked": ("attention", {}),
     "linear_attention_causal": ("linear_attention", dict(causal=True)),
@@ -59,12 +73,14 @@ MIXERS = {
     "probsparse": ("probsparse", dict(factor=5)),
 }
 MODES = ("fwd", "fwdbwd")
+# Our config -> the PyTorch reference timed beside it with --baselines.
+BASELINES = {"attention_kernel": "torch_sdpa", "linformer": "pypi_linformer"}
 TARGETS = {
     # (config, mode, length): seconds (issue 4 spec: torch SDPA and the PyPI
     # linformer package measured on this machine, the official Informer
     # PyTorch code 1.75 s).
-    ("attention_blocked", "fwdbwd", 1024): 0.345,
-    ("attention_blocked", "fwdbwd", 4096): 5.7,
+    ("attention_kernel", "fwdbwd", 1024): 0.345,
+    ("attention_kernel", "fwdbwd", 4096): 5.7,
     ("linformer", "fwdbwd", 1024): 0.160,
     ("linformer", "fwdbwd", 16384): 3.3,
     ("informer", "fwdbwd", 96): 0.9,
@@ -90,6 +106,8 @@ def _build_mixer(name, mode, t, args):
   import layers
   from kernels import flash_attention
 
+  if name == "attention_kernel":
+    return _build_kernel(mode, t, args)
   if name == "attention_dense":
     flash_attention.DENSE_MAX_BYTES = float("inf")
   elif name == "attention_blocked":
@@ -117,6 +135,74 @@ def _build_mixer(name, mode, t, args):
     return jnp.sum(forward(params, x) * ct)
 
   return jax.jit(jax.grad(loss, argnums=(0, 1))), (params, x, ct)
+
+
+def _build_kernel(mode, t, args):
+  """``kernels.flash_attention.attention`` alone (the dispatcher's choice of
+  dense or blocked form), gradients w.r.t. ``q, k, v``."""
+  import jax
+  import jax.numpy as jnp
+
+  from kernels import flash_attention
+
+  key = jax.random.key(0)
+  shape = (args.batch, t, args.heads, args.width // args.heads)
+  q, k, v, ct = (jax.random.normal(jax.random.fold_in(key, i), shape,
+                                   jnp.float32) for i in range(4))
+  kw = {k: v for k, v in (("block_q", args.block_q),
+                          ("block_k", args.block_k)) if v}
+  forward = lambda q, k, v: flash_attention.attention(q, k, v, **kw)[0]
+  if mode == "fwd":
+    return jax.jit(forward), (q, k, v)
+  return jax.jit(jax.grad(lambda q, k, v: jnp.sum(forward(q, k, v) * ct),
+                          argnums=(0, 1, 2))), (q, k, v)
+
+
+def run_baseline(name, mode, t, args):
+  """Times a PyTorch reference (``BASELINES``) in this process."""
+  import resource
+  import statistics
+
+  import torch
+
+  torch.manual_seed(0)
+  b, d, h = args.batch, args.width, args.heads
+  if name == "torch_sdpa":
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    q, k, v = (torch.randn(b, h, t, d // h, requires_grad=mode == "fwdbwd")
+               for _ in range(3))
+    ct = torch.randn(b, h, t, d // h)
+    forward = lambda: sdpa(q, k, v)
+  else:
+    from linformer import LinformerSelfAttention
+    layer = LinformerSelfAttention(dim=d, seq_len=t, heads=h, k=256)
+    x = torch.randn(b, t, d, requires_grad=mode == "fwdbwd")
+    ct = torch.randn(b, t, d)
+    forward = lambda: layer(x)
+
+  def step():
+    if mode == "fwd":
+      with torch.no_grad():
+        forward()
+    else:
+      (forward() * ct).sum().backward()
+
+  for _ in range(args.warmup):
+    step()
+  times, cpu_times = [], []
+  for _ in range(args.repeats):
+    t0, c0 = time.perf_counter(), time.process_time()
+    step()
+    times.append(time.perf_counter() - t0)
+    cpu_times.append(time.process_time() - c0)
+  return dict(config=name, mode=mode, t=t,
+              median_s=statistics.median(times), min_s=min(times),
+              times_s=times, median_cpu_s=statistics.median(cpu_times),
+              maxrss_bytes=resource.getrusage(
+                  resource.RUSAGE_SELF).ru_maxrss * 1024,
+              loadavg=os.getloadavg()[0],
+              device=f"torch {torch.__version__}, "
+              f"{torch.get_num_threads()} threads")
 
 
 def _build_informer(args):
@@ -166,6 +252,8 @@ def _build_informer(args):
 def run_single(name, mode, t, args):
   """Times one config in this process; returns a dict (``skipped`` set if
   XLA's memory estimate is over the limit)."""
+  if name in BASELINES.values():
+    return run_baseline(name, mode, t, args)
   if name == "informer":
     fn, fargs = _build_informer(args)
   else:
@@ -189,6 +277,13 @@ def run_single(name, mode, t, args):
 def _skip_reason(name, mode, t, args):
   """Reasons known before starting a subprocess."""
   if name == "informer":
+    return None
+  if name in BASELINES.values():
+    import importlib.util  # pylint: disable=g-import-not-at-top
+    for module in ("torch",) + (("linformer",) if name == "pypi_linformer"
+                                else ()):
+      if importlib.util.find_spec(module) is None:
+        return f"{module} is not installed (baseline only)"
     return None
   if harness.REPO not in sys.path:
     sys.path.insert(0, harness.REPO)
@@ -215,6 +310,9 @@ def main():
                       choices=MODES)
   parser.add_argument("--informer", action="store_true",
                       help="time only the Informer model (ETTh1 shapes)")
+  parser.add_argument("--baselines", action="store_true",
+                      help="also time the PyTorch references (torch SDPA, "
+                      "the PyPI linformer package) where installed")
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--width", type=int, default=256)
   parser.add_argument("--heads", type=int, default=4)
@@ -253,7 +351,10 @@ def main():
   if args.informer:
     configs = [("informer", "fwdbwd", INFORMER["seq_len"])]
   else:
-    configs = [(name, mode, t) for t in args.lengths for name in args.mixers
+    names = list(args.mixers)
+    if args.baselines:
+      names += [BASELINES[n] for n in args.mixers if n in BASELINES]
+    configs = [(name, mode, t) for t in args.lengths for name in names
                for mode in args.modes]
   results = []
   for name, mode, t in configs:
@@ -275,6 +376,10 @@ def main():
     r["ratio_vs_first_length"] = (
         r["median_s"] / base["median_s"]
         if r["median_s"] and base and base["median_s"] else None)
+    ref = by.get((BASELINES.get(r["config"]), r["mode"], r["t"]))
+    r["speedup_vs_baseline"] = (
+        ref["median_s"] / r["median_s"]
+        if r["median_s"] and ref and ref["median_s"] else None)
 
   targets = []
   for (name, mode, t), limit in TARGETS.items():
@@ -295,18 +400,19 @@ def main():
           f"h={args.heads} p={args.width // args.heads} float32, layer "
           f"only, median of {args.repeats} ({where})\n")
   print(f"| config | mode | t | median wall | median CPU (all threads) | "
-        f"x vs t={t0} | XLA mem (arg+out+temp) | max RSS | compile | "
-        "load avg |")
-  print("|---|---|---|---|---|---|---|---|---|---|")
+        f"x vs t={t0} | speed-up vs baseline | XLA mem (arg+out+temp) | "
+        "max RSS | compile | load avg |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|")
   for r in results:
-    comp, ratio, load = (r.get(k) for k in ("compile_s",
-                                            "ratio_vs_first_length",
-                                            "loadavg"))
+    comp, ratio, load, up = (r.get(k) for k in (
+        "compile_s", "ratio_vs_first_length", "loadavg",
+        "speedup_vs_baseline"))
     note = "" if r["median_s"] is not None else f" ({r['skipped']})"
     print(f"| {r['config']} | {r['mode']} | {r['t']} | "
           f"{harness.fmt_seconds(r['median_s'])}{note} | "
           f"{harness.fmt_seconds(r.get('median_cpu_s')) if r['median_s'] else '-'} | "
           f"{'-' if ratio is None else f'{ratio:.1f}x'} | "
+          f"{'-' if up is None else f'{up:.2f}x'} | "
           f"{harness.fmt_bytes(r.get('xla_memory_bytes'))} | "
           f"{harness.fmt_bytes(r.get('maxrss_bytes'))} | "
           f"{'-' if comp is None else f'{comp:.1f} s'} | "

@@ -63,14 +63,14 @@ DENSE_MAX_BYTES = 16 << 20
 # 376 ms without; t=4096: 5.46 s vs 5.11 s; 2 pinned cores of a quiet host).
 SAVE_PROBS_MAX_BYTES = 0
 
-# Blocks (q x k). Kernel forward + backward at t=1024 on this 2-core CPU
-# (process CPU time, loaded machine): 64x64 617 ms, 128x64 530, 64x128 531,
-# 128x128 465, 256x256 545, 512x512 750. The mixer (benchmarks/
-# bench_attention.py, 2 pinned cores of a quiet host): 128x128 418 ms,
-# 256x128 344 ms, 128x256 358 ms at t=1024; 4.68 s vs 3.85 s (256x128) at
-# t=4096.
-DEFAULT_BLOCK_Q = 256
-DEFAULT_BLOCK_K = 128
+# Blocks (q x k). Kernel forward + backward, b=8 h=4 p=64 float32, this
+# 2-core CPU (wall-clock medians; runs on this host vary by 10-20%):
+# t=1024: 256x128 333 ms, 128x128 382, 256x256 362, 512x128 326, 512x256
+# 260-269, 1024x256 264, 512x512 279; t=4096: 256x128 5.54 s, 128x128 5.27,
+# 512x256 3.77-4.16, 1024x256 4.13, 512x512 4.50, 2048x256 4.01. Linformer's
+# attention (1024 queries, 256 keys): 256x256 110-137 ms, 512x256 84-93.
+DEFAULT_BLOCK_Q = 512
+DEFAULT_BLOCK_K = 256
 
 
 def _check(q, k, v, causal, kv_mask, q_segment_ids, kv_segment_ids):

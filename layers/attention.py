@@ -18,6 +18,7 @@ from jaxtyping import Array, Bool, Float, Int
 from kernels import Impl
 from kernels import flash_attention as fa
 from kernels import linear_attention as la
+from layers.dense import FlatDense
 from layers.registry import register_mixer
 
 _HI = jax.lax.Precision.HIGHEST
@@ -43,7 +44,7 @@ class _QKVOut(nn.Module):
         self.head_dim)
 
   def _dense(self, features, axes, name):
-    return nn.Dense(
+    return FlatDense(
         features, use_bias=self.use_bias, dtype=self.dtype,
         param_dtype=self.param_dtype,
         kernel_init=nn.with_logical_partitioning(

@@ -42,6 +42,7 @@ from jaxtyping import Array, Bool, Float
 
 from kernels import probsparse as ps_ops
 from layers.activations import gelu_exact
+from layers.dense import FlatDense
 from layers.registry import get_mixer, register_mixer
 
 ATTENTIONS = ("prob", "full")
@@ -66,21 +67,6 @@ def torch_bias_init(fan_in: int):
     return jax.random.uniform(key, shape, dtype, -bound, bound)
 
   return init
-
-
-class FlatDense(nn.Dense):
-  """``nn.Dense`` applied to ``x`` flattened to ``[-1, features_in]``.
-
-  Same parameters and values; on XLA:CPU the weight gradient of a 2-D
-  product is a plain GEMM, where contracting the ``(b, t)`` axes of a 3-D
-  input is markedly slower (fwd+bwd of [32, 96, 512] @ [512, 2048]: 0.34 s
-  flat vs 0.53 s).
-  """
-
-  def __call__(self, x):
-    lead = x.shape[:-1]
-    y = super().__call__(x.reshape(-1, x.shape[-1]))
-    return y.reshape(*lead, y.shape[-1])
 
 
 def torch_dense(features: int, fan_in: int, axes: tuple, name: str,

@@ -23,6 +23,7 @@ from jaxtyping import Array, Bool, Float
 
 from kernels import Impl
 from kernels import flash_attention as fa
+from layers.dense import FlatDense
 from layers.registry import register_mixer
 
 # Paper Sec. 4 ("Additional Efficiency Techniques"):
@@ -232,7 +233,7 @@ class Linformer(nn.Module):
           f"impl={self.impl!r} is not one of {[i.value for i in Impl]}")
 
   def _dense(self, features, init, axes, name):
-    return nn.Dense(
+    return FlatDense(
         features, use_bias=self.use_bias, dtype=self.dtype,
         param_dtype=self.param_dtype,
         kernel_init=nn.with_logical_partitioning(init, axes),

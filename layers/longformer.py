@@ -15,6 +15,7 @@ from jaxtyping import Array, Bool, Float
 
 from kernels import Impl
 from kernels import block_sparse_attention as bsa
+from layers.dense import FlatDense
 from layers.registry import register_mixer
 
 
@@ -22,7 +23,7 @@ def head_dense(features: int, name: str, dtype: Any, param_dtype: Any,
                *, out: bool = False) -> nn.Dense:
   """``nn.Dense`` with logical axes: ``embed -> heads`` (``out``: reverse)."""
   axes = ("heads", "embed") if out else ("embed", "heads")
-  return nn.Dense(
+  return FlatDense(
       features, dtype=dtype, param_dtype=param_dtype, name=name,
       kernel_init=nn.with_logical_partitioning(
           nn.initializers.lecun_normal(), axes),

@@ -212,18 +212,23 @@ BIGBIRD_CASES = {
     "causal": (3, 2, 1, 1, True, True),
     "first_globals_only": (3, 1, 2, 0, False, True),
     "no_random": (5, 0, 1, 1, False, False),
+    "left_global_only": (3, 2, 1, 0, True, True),  # 7 rows: groups of 3 pad
 }
 
 
+@pytest.mark.parametrize("rows", [None, 1, 3])
 @pytest.mark.parametrize("name", BIGBIRD_CASES)
-def test_bigbird_block_sparse_matches_reference(name):
+def test_bigbird_block_sparse_matches_reference(name, rows):
+  """All rows at once (None) and the scan over groups of 1 or 3 row blocks
+  (``rows_tokens``), the last group padded where the rows do not divide."""
   bs, r, gl, gr, causal, padding = BIGBIRD_CASES[name]
   t = 8 * bs
   kv_mask = (jnp.arange(t)[None, :] < jnp.asarray([t, t - bs - 2])[:, None]
              if padding else None)
   kw = dict(block_size=bs, num_rand_blocks=r, global_left=gl,
             global_right=gr, seed=3, causal=causal, kv_mask=kv_mask)
-  _compare(lambda *a: bsa.bigbird_block_sparse(*a, **kw),
+  _compare(lambda *a: bsa.bigbird_block_sparse(
+      *a, rows_tokens=None if rows is None else rows * bs, **kw),
            lambda *a: bsa.bigbird_reference(*a, **kw), _arrays(5, 3, t))
 
 

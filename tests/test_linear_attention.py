@@ -1,5 +1,7 @@
 """Linear attention: recurrent = quadratic = chunked (values, final state,
 gradients), non-causal global form, decode step by step = full pass."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -104,6 +106,28 @@ def test_forms_match_recurrent(form, t, chunk, init):
   _compare(FORMS[form], args, dict(chunk_size=chunk, causal=True))
 
 
+@pytest.mark.parametrize("t,chunk,block,init", [
+    (32, 4, 8, False),    # 4 blocks of 2 chunks
+    (29, 4, 8, True),     # 8 chunks -> 4 blocks of 2; padded tail
+    (23, 3, 7, True),     # 8 chunks, 2 per block -> 4 blocks
+    (30, 4, 12, False),   # 8 chunks, 3 per block -> 3 blocks of 3 (9 chunks)
+    (13, 4, 1, True),     # a block smaller than a chunk: one chunk per block
+])
+def test_chunked_scan_over_blocks_matches_recurrent(t, chunk, block, init):
+  """The scan over blocks (state carried block to block) equals the
+  recurrence: values, final state and gradients, also with an initial state
+  and lengths that fill the last block partly."""
+  form = functools.partial(linear_attention_chunked, block_size=block)
+  _compare(form, _inputs(t + chunk + block, t=t, init=init),
+           dict(chunk_size=chunk, causal=True))
+  one = functools.partial(linear_attention_chunked, block_size=None)
+  q, k, v, state = _inputs(1, t=t, init=init)
+  a = form(q, k, v, chunk_size=chunk, initial_state=state)
+  b = one(q, k, v, chunk_size=chunk, initial_state=state)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    assert _rel(x, y) < 1e-6
+
+
 @pytest.mark.parametrize("form", sorted(FORMS))
 @pytest.mark.parametrize("init", [False, True])
 def test_non_causal_global_form(form, init):
@@ -162,6 +186,8 @@ def test_dispatcher_and_errors():
     linear_attention_chunked(q, k, v, initial_state=(state[0], state[0]))
   with pytest.raises(ValueError, match="chunk_size=0"):
     linear_attention_chunked(q, k, v, chunk_size=0)
+  with pytest.raises(ValueError, match="block_size=0"):
+    linear_attention_chunked(q, k, v, block_size=0)
   with pytest.raises(ValueError, match="k must have"):
     linear_attention_recurrent(q, k[:, :3], v)
 
