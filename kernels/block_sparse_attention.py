@@ -718,21 +718,18 @@ def _bigbird_row_groups(qb, kh, vh, valid, idx, ok, gl, gr, bs, group,
   valid = jnp.pad(valid, [(0, 0), (0, extra * bs)])
   hidx = np.arange(h)[:, None, None]
 
-  def group_out(g, q_g, kblocks, vblocks, valid):
-    return _bigbird_rows(q_g, kblocks, vblocks, valid, idx_s[g], ok_s[g], gl,
-                         gr, nb, g * group, causal, 0.0, None)
-
-  @jax.custom_vjp
-  def rows_attention(q_s, kblocks, vblocks, valid):
-    return jax.lax.map(lambda g: group_out(g, q_s[g], kblocks, vblocks,
-                                           valid), jnp.arange(steps))
-
   def slots(g, kblocks, vblocks, valid):
     """Group ``g``'s gathered key and value slots and its mask."""
     return (_slot_blocks(kblocks, idx_s[g], gl, gr, nb=nb, row0=g * group),
             _slot_blocks(vblocks, idx_s[g], gl, gr, nb=nb, row0=g * group),
             _rows_allowed(valid, idx_s[g], ok_s[g], gl, g * group, bs, causal,
                           b, h))
+
+  @jax.custom_vjp
+  def rows_attention(q_s, kblocks, vblocks, valid):
+    return jax.lax.map(lambda g: _attend(q_s[g], *slots(g, kblocks, vblocks,
+                                                         valid)),
+                       jnp.arange(steps))
 
   def fwd(q_s, kblocks, vblocks, valid):
     def one(g):
