@@ -149,9 +149,9 @@ def _build_kernel(mode, t, args):
   shape = (args.batch, t, args.heads, args.width // args.heads)
   q, k, v, ct = (jax.random.normal(jax.random.fold_in(key, i), shape,
                                    jnp.float32) for i in range(4))
-  kw = {k: v for k, v in (("block_q", args.block_q),
-                          ("block_k", args.block_k)) if v}
-  forward = lambda q, k, v: flash_attention.attention(q, k, v, **kw)[0]
+  blocks = {name: size for name, size in (("block_q", args.block_q),
+                                          ("block_k", args.block_k)) if size}
+  forward = lambda q, k, v: flash_attention.attention(q, k, v, **blocks)[0]
   if mode == "fwd":
     return jax.jit(forward), (q, k, v)
   return jax.jit(jax.grad(lambda q, k, v: jnp.sum(forward(q, k, v) * ct),
