@@ -39,11 +39,14 @@ ETTh1 shapes of the paper (batch 32, seq 96 / label 48 / pred 24, d_model
 512, 7 channels, 4 time features, the class defaults otherwise), training
 mode (dropout, batch statistics), forward + backward of the MSE loss.
 
-Each config runs jitted in a fresh subprocess (its own ``ru_maxrss``), is
-warmed up, then timed ``--repeats`` times; the median wall time is reported
+Each config runs jitted in a fresh subprocess (its own ``ru_maxrss``; the
+malloc settings of ``python -m train``, see ``train/host.py``), is warmed
+up, then timed at least ``--repeats`` times and until the timed runs add up
+to ``--min-time`` seconds (this host has slow spells of a second or two; a
+median over a longer window is steadier). The median wall time is reported
 with the median CPU time (all threads), the ratio to the first length,
 XLA's memory estimate and the process's max RSS. Prints a markdown table
-and writes JSON.
+and writes JSON (every run's time included).
 
 Usage:
   python benchmarks/bench_attention.py [--lengths 1024 4096 16384]
@@ -161,7 +164,6 @@ def _build_kernel(mode, t, args):
 def run_baseline(name, mode, t, args):
   """Times a PyTorch reference (``BASELINES``) in this process."""
   import resource
-  import statistics
 
   import torch
 
@@ -187,17 +189,9 @@ def run_baseline(name, mode, t, args):
     else:
       (forward() * ct).sum().backward()
 
-  for _ in range(args.warmup):
-    step()
-  times, cpu_times = [], []
-  for _ in range(args.repeats):
-    t0, c0 = time.perf_counter(), time.process_time()
-    step()
-    times.append(time.perf_counter() - t0)
-    cpu_times.append(time.process_time() - c0)
-  return dict(config=name, mode=mode, t=t,
-              median_s=statistics.median(times), min_s=min(times),
-              times_s=times, median_cpu_s=statistics.median(cpu_times),
+  timing = harness.time_calls(step, repeats=args.repeats, warmup=args.warmup,
+                              min_time_s=args.min_time)
+  return dict(config=name, mode=mode, t=t, **timing,
               maxrss_bytes=resource.getrusage(
                   resource.RUSAGE_SELF).ru_maxrss * 1024,
               loadavg=os.getloadavg()[0],
@@ -270,7 +264,8 @@ def run_single(name, mode, t, args):
                   skipped=f"XLA memory estimate {need / 2**30:.1f} GiB > "
                   f"{args.max_gib:g} GiB")
   return dict(row, **dict(harness.time_compiled(
-      fn, fargs, repeats=args.repeats, warmup=args.warmup),
+      fn, fargs, repeats=args.repeats, warmup=args.warmup,
+      min_time_s=args.min_time),
                           compile_s=compile_s))
 
 
@@ -322,6 +317,8 @@ def main():
                       help="attention_blocked block_k (0: the layer default)")
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--warmup", type=int, default=1)
+  parser.add_argument("--min-time", type=float, default=3.0,
+                      help="time each config at least this many seconds")
   parser.add_argument("--max-gib", type=float, default=20.0,
                       help="skip configs whose XLA memory estimate is larger")
   parser.add_argument("--timeout", type=float, default=600,
@@ -335,6 +332,7 @@ def main():
   args = parser.parse_args()
 
   if args.single:
+    harness.setup_single()  # before jax starts
     name, mode, t = args.single
     harness.print_result(run_single(name, mode, int(t), args))
     return
@@ -347,7 +345,8 @@ def main():
   passthrough = ["--batch", args.batch, "--width", args.width, "--heads",
                  args.heads, "--block-q", args.block_q, "--block-k",
                  args.block_k, "--repeats", args.repeats, "--warmup",
-                 args.warmup, "--max-gib", args.max_gib]
+                 args.warmup, "--min-time", args.min_time, "--max-gib",
+                 args.max_gib]
   if args.informer:
     configs = [("informer", "fwdbwd", INFORMER["seq_len"])]
   else:
@@ -390,15 +389,19 @@ def main():
     targets.append(dict(config=name, mode=mode, t=t, limit_s=limit,
                         median_s=r["median_s"], met=met))
 
+  tuned = any(r.get("malloc_tuned") for r in results)
   where = (f"{platform.processor() or platform.machine()}, "
-           f"{os.cpu_count()} cpus")
+           f"{os.cpu_count()} cpus, malloc: "
+           f"{'train/host.py settings' if tuned else 'glibc defaults'}")
   if args.informer:
     print(f"\nInformer benchmark: {INFORMER}, float32, forward + backward "
-          f"of the MSE loss (train mode), median of {args.repeats} ({where})\n")
+          f"of the MSE loss (train mode), median of >= {args.repeats} runs and "
+          f">= {args.min_time:g} s ({where})\n")
   else:
     print(f"\nAttention mixers: b={args.batch} d={args.width} "
           f"h={args.heads} p={args.width // args.heads} float32, layer "
-          f"only, median of {args.repeats} ({where})\n")
+          f"only, median of >= {args.repeats} runs and >= "
+          f"{args.min_time:g} s ({where})\n")
   print(f"| config | mode | t | median wall | median CPU (all threads) | "
         f"x vs t={t0} | speed-up vs baseline | XLA mem (arg+out+temp) | "
         "max RSS | compile | load avg |")

@@ -142,6 +142,7 @@ def main():
   args = parser.parse_args()
 
   if args.single:
+    harness.setup_single()  # before jax starts
     harness.print_result(run_single(args.single[0], int(args.single[1]),
                                     args))
     return

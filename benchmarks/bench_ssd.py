@@ -128,6 +128,7 @@ def main():
   args = parser.parse_args()
 
   if args.single:
+    harness.setup_single()  # before jax starts
     form, mode, t = args.single
     harness.print_result(run_single(form, mode, int(t), args))
     return

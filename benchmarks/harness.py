@@ -4,7 +4,10 @@ running each config in a fresh subprocess, and formatting.
 A script times a config with :func:`time_compiled` under a hidden ``--single``
 flag and prints ``RESULT <json>``; its driver runs every config through
 :func:`run_isolated`, so each config's ``ru_maxrss`` is its own peak memory and a
-run that hangs is killed and retried.
+run that hangs is killed and retried. The ``--single`` process calls
+:func:`setup_single` before it imports jax: the host's malloc settings are those
+of ``python -m train`` (``train/host.py``; ``LONGSEQ_MALLOC=0`` times glibc's
+defaults), and each result row says which (``malloc_tuned``).
 """
 import json
 import os
@@ -16,13 +19,46 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULT_PREFIX = "RESULT "
+MAX_REPEATS = 200
+_MALLOC_TUNED = None
 
 
-def time_compiled(fn, fargs, *, repeats: int, warmup: int) -> dict:
-  """Compiles the jitted ``fn`` for ``fargs``, warms up, then times ``repeats``
-  calls. Returns medians of wall and process CPU time (all threads), the
-  compile time, XLA's memory analysis (arguments + outputs + temporaries),
-  the process's peak RSS and the load average."""
+def setup_single() -> None:
+  """First thing in a ``--single`` process, before jax starts: the malloc
+  settings ``python -m train`` applies (``train.host.configure_malloc``)."""
+  global _MALLOC_TUNED
+  if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+  from train import host  # pylint: disable=g-import-not-at-top
+  _MALLOC_TUNED = host.configure_malloc()
+
+
+def time_calls(call, *, repeats: int, warmup: int,
+               min_time_s: float = 0.0) -> dict:
+  """Runs ``call()`` ``warmup`` times, then times it at least ``repeats``
+  times and, with ``min_time_s``, until the timed calls add up to that many
+  seconds (at most ``MAX_REPEATS``): the median then spans the host's
+  short slow spells instead of landing in one. Returns the median and
+  minimum wall time, every time, and the median process CPU time."""
+  for _ in range(warmup):
+    call()
+  times, cpu_times = [], []
+  while len(times) < repeats or (sum(times) < min_time_s and
+                                 len(times) < MAX_REPEATS):
+    t0, c0 = time.perf_counter(), time.process_time()
+    call()
+    times.append(time.perf_counter() - t0)
+    cpu_times.append(time.process_time() - c0)
+  return dict(median_s=statistics.median(times), min_s=min(times),
+              times_s=times, median_cpu_s=statistics.median(cpu_times),
+              malloc_tuned=_MALLOC_TUNED)
+
+
+def time_compiled(fn, fargs, *, repeats: int, warmup: int,
+                  min_time_s: float = 0.0) -> dict:
+  """Compiles the jitted ``fn`` for ``fargs`` and times it (``time_calls``).
+  Adds the compile time, XLA's memory analysis (arguments + outputs +
+  temporaries), the process's peak RSS and the load average."""
   import jax  # pylint: disable=g-import-not-at-top
   t0 = time.perf_counter()
   compiled = fn.lower(*fargs).compile()
@@ -32,18 +68,10 @@ def time_compiled(fn, fargs, *, repeats: int, warmup: int) -> dict:
   if mem is not None:
     mem_bytes = int(mem.temp_size_in_bytes + mem.argument_size_in_bytes +
                     mem.output_size_in_bytes)
-  for _ in range(warmup):
-    jax.block_until_ready(compiled(*fargs))
-  times, cpu_times = [], []
-  for _ in range(repeats):
-    t0, c0 = time.perf_counter(), time.process_time()
-    jax.block_until_ready(compiled(*fargs))
-    times.append(time.perf_counter() - t0)
-    cpu_times.append(time.process_time() - c0)
+  timing = time_calls(lambda: jax.block_until_ready(compiled(*fargs)),
+                      repeats=repeats, warmup=warmup, min_time_s=min_time_s)
   maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB
-  return dict(median_s=statistics.median(times), min_s=min(times),
-              times_s=times, median_cpu_s=statistics.median(cpu_times),
-              compile_s=compile_s, xla_memory_bytes=mem_bytes,
+  return dict(timing, compile_s=compile_s, xla_memory_bytes=mem_bytes,
               maxrss_bytes=maxrss, loadavg=os.getloadavg()[0],
               device=str(jax.devices()[0]))
 

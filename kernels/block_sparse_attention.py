@@ -87,13 +87,15 @@ _HI = jax.lax.Precision.HIGHEST
 # Longformer query block (``block_size=None``); see ``longformer_blocked``.
 DEFAULT_BLOCK = 128
 
-# BigBird: query tokens (whole row blocks) per step of the scan over row
-# groups, so that each step's gathered key/value blocks are those of a
-# 1024-token input at any length. Layer (benchmarks/bench_attention.py,
-# block 64, r = 3, this 2-core CPU), t = 16384, forward + backward: all rows
-# at once 9.99 s with an XLA memory estimate of 5.47 GiB (19.5x its t = 1024
-# cost); in groups 9.97 s and 3.30 GiB (18.6x).
-BIGBIRD_ROWS_TOKENS = 1024
+# BigBird: query tokens (whole row blocks) per step of a scan over row groups,
+# each step gathering only its own key/value blocks; None: all rows at once.
+# Layer (benchmarks/bench_attention.py, block 64, r = 3, this 2-core CPU,
+# train/host.py's malloc settings), t = 16384, forward + backward: all rows
+# 4.39 s with an XLA memory estimate of 5.47 GiB; groups of 1024 tokens
+# 5.64 s and 3.30 GiB (the scan's slicing and gradient accumulation cost
+# more than the smaller working set saves). With glibc's default malloc both
+# took 10.0 s. Set it where memory is short.
+BIGBIRD_ROWS_TOKENS = None
 
 
 # ------------------------------------------------------------ shared pieces
@@ -131,20 +133,32 @@ def _transposed(x):
 
 def _attend_bwd(res, d_out):
   q, k, v, probs, out, allowed = res
-  # XLA:CPU runs a batched product that contracts the lhs's middle axis
-  # (``P^T dO``, ``dS^T Q``) about 4x slower than a plain one ([b, h, rows]
-  # batches of 64 x 512 blocks: 71 ms vs 18 ms). So dV and dK are computed
-  # transposed, as dO^T P and Q^T dS, from copies of the small [m, p]
-  # operands; the barriers keep XLA from folding the transposes back.
-  dv = jnp.swapaxes(jax.lax.optimization_barrier(jnp.einsum(
-      "...pm,...mn->...pn", _transposed(d_out), probs, precision=_HI)), -1,
-                    -2)
   dp = jnp.einsum("...mp,...np->...mn", d_out, v, precision=_HI)
   delta = jnp.sum(d_out * out, axis=-1, keepdims=True)
   ds = probs * (dp - delta)
   dq = jnp.einsum("...mn,...np->...mp", ds, k, precision=_HI)
-  dk = jnp.swapaxes(jax.lax.optimization_barrier(jnp.einsum(
-      "...pm,...mn->...pn", _transposed(q), ds, precision=_HI)), -1, -2)
+  # dV = P^T dO and dK = dS^T Q contract the middle axis of P and dS, which
+  # XLA:CPU's batched product runs about 4x slower than a plain one ([b, h,
+  # rows] batches of 64 x 512 blocks: 71 ms vs 18 ms). The barriers keep
+  # XLA from folding the explicit transposes below back into the products.
+  if k.shape[-2] > 4 * q.shape[-2]:
+    # Few queries, many keys (BigBird's global rows: 64 queries, every key):
+    # transpose P and dS themselves ([n, m] copies with m-long rows), so
+    # that dV and dK come out as [n, p]. Computing them as [p, n], as below,
+    # left XLA a [p, n] -> [n, p] transpose with an n-element stride to fuse
+    # into the key/value gradients: 0.6 s of BigBird's 6.3 s step at
+    # t = 16384 (forward + backward; 6.0 s this way).
+    dv = jnp.einsum("...nm,...mp->...np", _transposed(probs), d_out,
+                    precision=_HI)
+    dk = jnp.einsum("...nm,...mp->...np", _transposed(ds), q, precision=_HI)
+  else:
+    # Block rows (n = a few blocks): dV^T = dO^T P and dK^T = Q^T dS from
+    # copies of the small [m, p] operands.
+    dv = jnp.swapaxes(jax.lax.optimization_barrier(jnp.einsum(
+        "...pm,...mn->...pn", _transposed(d_out), probs, precision=_HI)), -1,
+                      -2)
+    dk = jnp.swapaxes(jax.lax.optimization_barrier(jnp.einsum(
+        "...pm,...mn->...pn", _transposed(q), ds, precision=_HI)), -1, -2)
   d_allowed = np.zeros(allowed.shape, jax.dtypes.float0)
   return dq, dk, dv, d_allowed
 

@@ -42,6 +42,11 @@ class BigBird(nn.Module):
   Init: ``lecun_normal`` kernels, zero biases (official: truncated normal
   0.02, BERT style). ``attn_dropout``: dropout on attention probabilities
   (rng ``"dropout"``) when not ``deterministic``. Padded positions output 0.
+
+  ``rows_tokens``: None computes all non-global row blocks at once; a number
+  runs them as a scan over groups of that many query tokens, each gathering
+  only its own key/value blocks (less memory, slower on a CPU; see
+  ``kernels.block_sparse_attention.BIGBIRD_ROWS_TOKENS``).
   """
   d_model: int
   n_heads: int = 4
@@ -56,6 +61,7 @@ class BigBird(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   impl: str = "auto"
+  rows_tokens: int | None = bsa.BIGBIRD_ROWS_TOKENS
 
   @nn.compact
   def __call__(
@@ -89,6 +95,8 @@ class BigBird(nn.Module):
                   global_right=self.global_right, seed=self.seed,
                   causal=self.causal,
                   kv_mask=None if (mask is None and tp == t) else kv_mask)
+    if Impl(self.impl) is not Impl.REFERENCE:
+      kwargs.update(rows_tokens=self.rows_tokens)
     if self.attn_dropout > 0.0 and not deterministic:
       kwargs.update(dropout_rate=self.attn_dropout,
                     dropout_rng=self.make_rng("dropout"))

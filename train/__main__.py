@@ -62,6 +62,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_QuietLibraryInfo())
+  # Before jax starts its thread pools (train/host.py; LONGSEQ_MALLOC=0: off).
+  from train import host  # pylint: disable=g-import-not-at-top
+  if host.configure_malloc():
+    logging.info("glibc malloc: large blocks from the heap, kept after free, "
+                 "one arena (%s=0 turns this off)", host.ENV)
   import jax  # pylint: disable=g-import-not-at-top
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
