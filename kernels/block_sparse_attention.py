@@ -90,12 +90,12 @@ DEFAULT_BLOCK = 128
 # BigBird: query tokens (whole row blocks) per step of a scan over row groups,
 # each step gathering only its own key/value blocks; None: all rows at once.
 # Layer (benchmarks/bench_attention.py, block 64, r = 3, this 2-core CPU,
-# train/host.py's malloc settings), t = 16384, forward + backward: all rows
-# 4.39 s with an XLA memory estimate of 5.47 GiB; groups of 1024 tokens
-# 5.64 s and 3.30 GiB (the scan's slicing and gradient accumulation cost
-# more than the smaller working set saves). With glibc's default malloc both
-# took 10.0 s. Set it where memory is short.
-BIGBIRD_ROWS_TOKENS = None
+# train/host.py's malloc settings), t = 16384, forward + backward: groups of
+# 1024 tokens 5.6 s with an XLA memory estimate of 3.30 GiB; all rows at once
+# 4.4-5.7 s with steps of up to 18 s, an estimate of 6.46 GiB and a peak RSS
+# of 19.4 GiB (the heap fragments around its 6 GiB blocks). With glibc's
+# default malloc both took 10.0 s.
+BIGBIRD_ROWS_TOKENS = 1024
 
 
 # ------------------------------------------------------------ shared pieces

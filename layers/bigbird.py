@@ -43,9 +43,9 @@ class BigBird(nn.Module):
   0.02, BERT style). ``attn_dropout``: dropout on attention probabilities
   (rng ``"dropout"``) when not ``deterministic``. Padded positions output 0.
 
-  ``rows_tokens``: None computes all non-global row blocks at once; a number
-  runs them as a scan over groups of that many query tokens, each gathering
-  only its own key/value blocks (less memory, slower on a CPU; see
+  ``rows_tokens``: the non-global row blocks run as a scan over groups of
+  that many query tokens, each gathering only its own key/value blocks;
+  None computes them all at once (about twice the memory; see
   ``kernels.block_sparse_attention.BIGBIRD_ROWS_TOKENS``).
   """
   d_model: int
