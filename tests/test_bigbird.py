@@ -42,7 +42,8 @@ def test_registered_and_params():
   assert set(p) == {"query", "key", "value", "out"}
 
 
-@pytest.mark.parametrize("kw,t", [(dict(), T), (dict(causal=True), T - 2)])
+@pytest.mark.parametrize("kw,t", [(dict(), T), (dict(causal=True), T - 2),
+                                  (dict(rows_tokens=2 * BS), T)])
 def test_block_sparse_matches_reference_values_and_grads(kw, t):
   layer = _layer(**kw)
   params = _params(layer)
