@@ -49,14 +49,18 @@ length (the official code restricts them to the first ``2r + 5`` blocks at
 lengths other than 1024/3072/4096 (its "plan") and to the first 1024 tokens
 at those; the paper describes uniform draws). Rows with fewer legal blocks
 than ``r`` get fewer random blocks (the remaining slots are masked).
-Fast form (``bigbird_block_sparse``): for every non-global row block, the key
-blocks of its ``3 + g + r`` slots are gathered into ``[b, h, n_rows, (3 + g +
-r) bs, p]`` and attended densely (slots that duplicate a global block or fall
-outside the sequence are masked); global rows are dense rows.
+Fast form (``bigbird_block_sparse``): every non-global row block attends its
+``3 + g + r`` slot blocks under one softmax (slots that duplicate a global
+block or fall outside the sequence are masked), taken as parts without
+copying the keys per row: the window as three slices of the key blocks, the
+global blocks as one shared array, only the random blocks gathered
+(``_attend_parts``); the rows run in groups (``rows_tokens``). The global rows
+(first and last blocks) are dense rows.
 
-Both fast forms share ``_attend``, a batched masked softmax attention whose
-backward keeps only the probabilities (FlashAttention's ``dS = P o (dP -
-rowsum(dO o O))``); with attention dropout they use plain autodiff.
+The fast forms share ``_attend`` / ``_attend_parts``, batched masked softmax
+attention whose backward keeps only the probabilities (FlashAttention's ``dS =
+P o (dP - rowsum(dO o O))``); with attention dropout they use plain autodiff
+(BigBird then gathers every slot).
 
 Checked beside the official code (scratch runs, not tests): the Longformer
 layer with the weights of the official ``LongformerSelfAttention``
@@ -87,14 +91,13 @@ _HI = jax.lax.Precision.HIGHEST
 # Longformer query block (``block_size=None``); see ``longformer_blocked``.
 DEFAULT_BLOCK = 128
 
-# BigBird: query tokens (whole row blocks) per step of a scan over row groups,
-# each step gathering only its own key/value blocks; None: all rows at once.
-# Layer (benchmarks/bench_attention.py, block 64, r = 3, this 2-core CPU,
-# train/host.py's malloc settings), t = 16384, forward + backward: groups of
-# 1024 tokens 5.6 s with an XLA memory estimate of 3.30 GiB; all rows at once
-# 4.4-5.7 s with steps of up to 18 s, an estimate of 6.46 GiB and a peak RSS
-# of 19.4 GiB (the heap fragments around its 6 GiB blocks). With glibc's
-# default malloc both took 10.0 s.
+# BigBird: query tokens (whole row blocks) per step of a scan over row groups;
+# None: all rows at once. Layer (benchmarks/bench_attention.py, block 64,
+# r = 3, this 2-core CPU, train/host.py's malloc settings), t = 16384, forward
+# + backward: groups of 1024 tokens 5.2-5.4 s with an XLA memory estimate of
+# 2.85 GiB (groups of 512: 5.7 s; 2048: 5.3 s); all rows at once 4.4-4.7 s
+# but an estimate of 6.2 GiB, and the heap grows to 14-19 GiB around its
+# 1 GiB blocks, with first steps of up to 16 s.
 BIGBIRD_ROWS_TOKENS = 1024
 
 
@@ -648,22 +651,16 @@ def bigbird_reference(
   return out.astype(out_dtype), None
 
 
-def _slot_blocks(x, idx, gl, gr, *, nb=None, row0=0):
+def _slot_blocks(x, idx, gl, gr, *, nb=None):
   """``x [b, h, n, bs, p]`` -> the slots' blocks ``[b, h, rows, slots bs, p]``
-  of the non-global rows ``row0 .. row0 + rows`` (``idx [h, rows, slots]``;
-  ``row0`` may be traced).
-
-  ``x`` holds the ``nb`` blocks of the sequence (default ``n``), then any
-  padding blocks that keep the window slices of the last rows in bounds.
-  The window (``i-1, i, i+1``) and global slots are slices (their backward
-  is a pad, not a scatter); only the random slots are gathered.
+  of the non-global rows (``idx [h, rows, slots]``).
+  The form with attention dropout gathers every slot this way.
   """
   b, h, n, bs, p = x.shape
   nb = n if nb is None else nb
   rows = idx.shape[1]
   xp = jnp.pad(x, [(0, 0), (0, 0), (1, 1), (0, 0), (0, 0)])
-  parts = [jax.lax.dynamic_slice_in_dim(xp, gl + j + row0, rows, axis=2)
-           for j in range(3)]                                # blocks i-1+j
+  parts = [xp[:, :, gl + j:gl + j + rows] for j in range(3)]  # i - 1 + j
   g = gl + gr
   if g:
     glob = jnp.concatenate([x[:, :, :gl], x[:, :, nb - gr:nb]], axis=2)
@@ -674,19 +671,6 @@ def _slot_blocks(x, idx, gl, gr, *, nb=None, row0=0):
     rand = x[:, hidx, idx[..., 3 + g:]]       # [b, h, rows, r, bs, p]
     parts.append(rand.reshape(b, h, rows, -1, p))
   return jnp.concatenate(parts, axis=3)
-
-
-def _bigbird_rows(qb, kblocks, vblocks, valid, idx, ok, gl, gr, nb, row0,
-                  causal, dropout_rate, rng):
-  """Attention of row blocks ``qb [b, h, rows, bs, p]`` (the non-global rows
-  ``row0 ...``, i.e. query blocks ``gl + row0 ...``) over their slots
-  ``idx, ok [h, rows, slots]``. ``kblocks, vblocks [b, h, n, bs, .]``: the
-  ``nb`` blocks of the sequence, then padding blocks; ``valid [b, n bs]``."""
-  b, h, _, bs, _ = qb.shape
-  kb = _slot_blocks(kblocks, idx, gl, gr, nb=nb, row0=row0)
-  vb = _slot_blocks(vblocks, idx, gl, gr, nb=nb, row0=row0)
-  allowed = _rows_allowed(valid, idx, ok, gl, row0, bs, causal, b, h)
-  return _attention_core(qb, kb, vb, allowed, dropout_rate, rng)
 
 
 def _rows_allowed(valid, idx, ok, gl, row0, bs, causal, b, h):
@@ -705,98 +689,243 @@ def _rows_allowed(valid, idx, ok, gl, row0, bs, causal, b, h):
   return allowed
 
 
-def _bigbird_row_groups(qb, kh, vh, valid, idx, ok, gl, gr, bs, group,
-                        causal):
-  """``_bigbird_rows`` over groups of ``group`` row blocks, one group per
-  step (the last group padded with rows that have no allowed key, then cut).
+# ------------------------------------------- BigBird rows: one softmax, parts
+# A non-global row block attends three kinds of key blocks: its window (blocks
+# i-1, i, i+1: slices of the padded key blocks, one per offset), the global
+# blocks (the same for every row: one shared [g bs, p] array, no copy per row)
+# and its random blocks (the only gather). ``_attend_parts`` takes them as
+# separate key/value parts under one softmax, so that no [rows, (3 + g + r)
+# bs, p] copy of the keys and values is made; its backward adds the parts'
+# key/value gradients back (pads, a sum over rows, a scatter-add).
+def _part_scores(q, k):
+  """``q [b, h, r, m, p]`` against a per-row part ``k [b, h, r, n, p]`` or a
+  shared one ``k [b, h, n, p]`` -> ``[b, h, r, m, n]``."""
+  if k.ndim == 5:
+    return jnp.einsum("bhrmp,bhrnp->bhrmn", q, k, precision=_HI)
+  return jnp.einsum("bhrmp,bhnp->bhrmn", q, k, precision=_HI)
 
-  Hand-written backward: the forward keeps each group's probabilities (as
-  the all-rows form does); a scan over the groups gathers the group's slots
-  again and adds its key/value gradients into carried accumulators in place
-  (slices for the window and global slots, a scatter-add for the random
-  ones), so every step touches only its own blocks. No dropout.
+
+def _part_values(probs, v):
+  if v.ndim == 5:
+    return jnp.einsum("bhrmn,bhrnp->bhrmp", probs, v, precision=_HI)
+  return jnp.einsum("bhrmn,bhnp->bhrmp", probs, v, precision=_HI)
+
+
+@jax.custom_vjp
+def _attend_parts(q, parts):
+  """``softmax(q [k_1 .. k_n]^T) [v_1 .. v_n]`` for ``parts = ((k_i, v_i,
+  allowed_i), ..)`` without concatenating them: ``q [b, h, r, m, p]`` (row
+  blocks, pre-scaled), each ``k_i, v_i`` per row ``[b, h, r, n_i, .]`` or
+  shared ``[b, h, n_i, .]``, ``allowed_i`` broadcastable to ``[b, h, r, m,
+  n_i]``. A row with no allowed key gives 0. Backward as ``_attend``'s, from
+  the saved probabilities."""
+  return _attend_parts_fwd(q, parts)[0]
+
+
+def _attend_parts_fwd(q, parts):
+  scores = [jnp.where(a, _part_scores(q, k), -jnp.inf) for k, _, a in parts]
+  m = functools.reduce(jnp.maximum,
+                       [jnp.max(s, axis=-1, keepdims=True) for s in scores])
+  m = jnp.where(m > -jnp.inf, m, 0.0)
+  e = [jnp.exp(s - m) for s in scores]          # exactly 0 where not allowed
+  z = functools.reduce(jnp.add, [jnp.sum(x, axis=-1, keepdims=True)
+                                 for x in e])
+  inv_z = 1.0 / jnp.where(z > 0, z, 1.0)
+  probs = tuple(x * inv_z for x in e)
+  out = functools.reduce(jnp.add, [_part_values(pr, v)
+                                   for pr, (_, v, _) in zip(probs, parts)])
+  return out, (q, parts, probs, out)
+
+
+def _attend_parts_bwd(res, d_out):
+  q, parts, probs, out = res
+  b, h, r, m, p = q.shape
+  delta = jnp.sum(d_out * out, axis=-1, keepdims=True)
+  dq, d_parts, small_t, flat_t = None, [], None, None
+  for (k, v, allowed), pr in zip(parts, probs):
+    dp = _part_scores(d_out, v)
+    ds = pr * (dp - delta)
+    if k.ndim == 5:
+      dq_i = jnp.einsum("bhrmn,bhrnp->bhrmp", ds, k, precision=_HI)
+      if k.shape[-2] > 4 * m:
+        # See ``_attend_bwd``: transposed copies of P and dS.
+        dv = jnp.einsum("...nm,...mp->...np", _transposed(pr), d_out,
+                        precision=_HI)
+        dk = jnp.einsum("...nm,...mp->...np", _transposed(ds), q,
+                        precision=_HI)
+      else:
+        # dV^T = dO^T P, dK^T = Q^T dS from transposed copies of the small
+        # [m, p] operands (made once, shared by the parts).
+        if small_t is None:
+          small_t = _transposed(d_out), _transposed(q)
+        dv = jnp.swapaxes(jax.lax.optimization_barrier(jnp.einsum(
+            "...pm,...mn->...pn", small_t[0], pr, precision=_HI)), -1, -2)
+        dk = jnp.swapaxes(jax.lax.optimization_barrier(jnp.einsum(
+            "...pm,...mn->...pn", small_t[1], ds, precision=_HI)), -1, -2)
+    else:
+      dq_i = jnp.einsum("bhrmn,bhnp->bhrmp", ds, k, precision=_HI)
+      # A shared part's gradients sum over every row: dV^T = dO^T P as one
+      # [p, r m] x [r m, n] product per head, from [p, r m] copies of dO and
+      # Q. (Contracting P's [r m] axis directly made XLA transpose P and dS,
+      # [r m, n] each: 0.6 s of the 16k layer step.)
+      if flat_t is None:
+        flat = lambda x: _transposed(x.reshape(b, h, r * m, x.shape[-1]))
+        flat_t = flat(d_out), flat(q)
+      rows = lambda x: x.reshape(b, h, r * m, x.shape[-1])
+      dv = jnp.swapaxes(jnp.einsum("bhpk,bhkn->bhpn", flat_t[0], rows(pr),
+                                   precision=_HI), -1, -2)
+      dk = jnp.swapaxes(jnp.einsum("bhpk,bhkn->bhpn", flat_t[1], rows(ds),
+                                   precision=_HI), -1, -2)
+    dq = dq_i if dq is None else dq + dq_i
+    d_parts.append((dk, dv, np.zeros(allowed.shape, jax.dtypes.float0)))
+  return dq, tuple(d_parts)
+
+
+_attend_parts.defvjp(_attend_parts_fwd, _attend_parts_bwd)
+
+
+class _BigBirdRows:
+  """The non-global rows' parts. ``kp, vp [b, h, 1 + nb + 1 + extra, bs,
+  .]``: the key/value blocks with one zero block before them and ``1 +
+  extra`` after (so that the window slices of the last, padded, rows stay in
+  bounds); ``kg, vg [b, h, g bs, .]``: the global blocks; ``idx, ok [h, rows
+  + extra, slots]`` as ``_bigbird_slots``, padding rows without keys;
+  ``valid [b, (nb + extra) bs]``.
   """
-  b, h, n_rows, _, _ = qb.shape
+
+  def __init__(self, idx, ok, valid, gl, gr, bs, causal):
+    self.idx, self.ok = jnp.asarray(idx), jnp.asarray(ok)
+    self.valid, self.gl, self.g, self.bs = valid, gl, gl + gr, bs
+    self.causal = causal
+    self.has_rand = idx.shape[-1] > 3 + self.g
+
+  def parts(self, row0, rows, kp, vp, kg, vg):
+    """Parts of the rows ``row0 .. row0 + rows`` (``row0`` may be traced)."""
+    b, h = kp.shape[:2]
+    bs, gl, g = self.bs, self.gl, self.g
+    idx = jax.lax.dynamic_slice_in_dim(self.idx, row0, rows, axis=1)
+    ok = jax.lax.dynamic_slice_in_dim(self.ok, row0, rows, axis=1)
+    allowed = _rows_allowed(self.valid, idx, ok, gl, row0, bs, self.causal,
+                            b, h)
+    cols = lambda i, j: allowed[..., i * bs:j * bs]
+    win = lambda x, j: jax.lax.dynamic_slice_in_dim(x, gl + row0 + j, rows,
+                                                    axis=2)
+    parts = [(win(kp, j), win(vp, j), cols(j, j + 1)) for j in range(3)]
+    if g:
+      parts.append((kg, vg, cols(3, 3 + g)))
+    if self.has_rand:
+      ri = self.rand_blocks(idx)
+      gather = lambda x: x[:, np.arange(h)[:, None, None], ri].reshape(
+          b, h, rows, -1, x.shape[-1])
+      parts.append((gather(kp), gather(vp), cols(3 + g, idx.shape[-1])))
+    return tuple(parts)
+
+  def rand_blocks(self, idx):
+    return idx[..., 3 + self.g:] + 1             # + the leading pad block
+
+  def add_grads(self, acc, d_parts, i, row0, rows):
+    """Adds the rows' part gradients (``i``: 0 keys, 1 values) into ``acc``
+    (shaped as ``kp``) in place; returns it and the global blocks' gradient.
+    """
+    b, h = acc.shape[:2]
+    bs, gl, g = self.bs, self.gl, self.g
+    tile = sum(jnp.pad(d_parts[j][i], [(0, 0), (0, 0), (j, 2 - j), (0, 0),
+                                       (0, 0)]) for j in range(3))
+    at = gl + row0                                # window block i-1 of row 0
+    cur = jax.lax.dynamic_slice_in_dim(acc, at, rows + 2, axis=2)
+    acc = jax.lax.dynamic_update_slice_in_dim(acc, cur + tile, at, axis=2)
+    if self.has_rand:
+      idx = jax.lax.dynamic_slice_in_dim(self.idx, row0, rows, axis=1)
+      d = d_parts[-1][i]
+      acc = acc.at[:, np.arange(h)[:, None, None], self.rand_blocks(idx)].add(
+          d.reshape(b, h, rows, -1, bs, d.shape[-1]))
+    return acc, (d_parts[3][i] if g else None)
+
+
+def _bigbird_rows(qb, kh, vh, valid, idx, ok, gl, gr, bs, group, causal):
+  """Attention of the non-global row blocks ``qb [b, h, n_rows, bs, p]``
+  (query blocks ``gl ..``) over their slots ``idx, ok [h, n_rows, slots]``;
+  ``kh, vh [b, h, t, .]``, ``valid [b, t]``.
+
+  ``group >= n_rows``: all rows at once (``_attend_parts``). Otherwise a
+  ``lax.map`` over groups of ``group`` row blocks (the last group padded with
+  rows that have no allowed key, then cut) with a hand-written backward: the
+  forward keeps each group's probabilities; a scan over the groups takes the
+  group's parts again and adds its key/value gradients into carried
+  accumulators in place, so every step touches only its own blocks.
+  """
+  b, h, n_rows, _, p = qb.shape
   pv = vh.shape[-1]
-  steps = -(-n_rows // group)
-  group = -(-n_rows // steps)                 # padding < steps rows
-  extra = steps * group - n_rows
   nb = kh.shape[2] // bs
   g_all = gl + gr
-  idx = np.pad(idx, [(0, 0), (0, extra), (0, 0)])
-  ok = np.pad(ok, [(0, 0), (0, extra), (0, 0)])  # padded rows: no key
-  split = lambda x, axis: jnp.moveaxis(
-      x.reshape(x.shape[:axis] + (steps, group) + x.shape[axis + 1:]), axis, 0)
-  idx_s, ok_s = split(jnp.asarray(idx), 1), split(jnp.asarray(ok), 1)
-  # Pad the sequence's blocks so that the last group's window slices stay in
-  # bounds (dynamic slices would otherwise shift them).
+  steps = -(-n_rows // group) if group < n_rows else 1
+  group = -(-n_rows // steps)                 # padding < steps rows
+  extra = steps * group - n_rows
+  rows = _BigBirdRows(np.pad(idx, [(0, 0), (0, extra), (0, 0)]),
+                      np.pad(ok, [(0, 0), (0, extra), (0, 0)]),
+                      jnp.pad(valid, [(0, 0), (0, extra * bs)]), gl, gr, bs,
+                      causal)
   blocks = lambda x: jnp.pad(x.reshape(b, h, nb, bs, x.shape[-1]),
-                             [(0, 0), (0, 0), (0, extra), (0, 0), (0, 0)])
-  valid = jnp.pad(valid, [(0, 0), (0, extra * bs)])
-  hidx = np.arange(h)[:, None, None]
+                             [(0, 0), (0, 0), (1, 1 + extra), (0, 0), (0, 0)])
+  glob = lambda x: jnp.concatenate(
+      [x[:, :, :gl * bs], x[:, :, (nb - gr) * bs:]], axis=2)
+  kp, vp, kg, vg = blocks(kh), blocks(vh), glob(kh), glob(vh)
+  if steps == 1:
+    out = _attend_parts(qb, rows.parts(0, n_rows, kp, vp, kg, vg))
+    return out
 
-  def slots(g, kblocks, vblocks, valid):
-    """Group ``g``'s gathered key and value slots and its mask."""
-    return (_slot_blocks(kblocks, idx_s[g], gl, gr, nb=nb, row0=g * group),
-            _slot_blocks(vblocks, idx_s[g], gl, gr, nb=nb, row0=g * group),
-            _rows_allowed(valid, idx_s[g], ok_s[g], gl, g * group, bs, causal,
-                          b, h))
+  split = lambda x: jnp.moveaxis(
+      x.reshape((b, h, steps, group) + x.shape[3:]), 2, 0)
 
   @jax.custom_vjp
-  def rows_attention(q_s, kblocks, vblocks, valid):
-    return jax.lax.map(lambda g: _attend(q_s[g], *slots(g, kblocks, vblocks,
-                                                         valid)),
+  def run(q_s, kp, vp, kg, vg):
+    return jax.lax.map(lambda s: _attend_parts(
+        q_s[s], rows.parts(s * group, group, kp, vp, kg, vg)),
                        jnp.arange(steps))
 
-  def fwd(q_s, kblocks, vblocks, valid):
-    def one(g):
-      out, res = _attend_fwd(q_s[g], *slots(g, kblocks, vblocks, valid))
-      return out, res[3]                      # the probabilities
+  def fwd(q_s, kp, vp, kg, vg):
+    def one(s):
+      out, res = _attend_parts_fwd(
+          q_s[s], rows.parts(s * group, group, kp, vp, kg, vg))
+      return out, res[2]                      # the probabilities
     out, probs = jax.lax.map(one, jnp.arange(steps))
-    return out, (q_s, kblocks, vblocks, valid, out, probs)
-
-  def scatter(acc, d, g):
-    """Adds slot gradients ``d [b, h, group, slots bs, .]`` of group ``g``
-    into ``acc [b, h, n + 2, bs, .]`` (blocks shifted by the window pad)."""
-    d = d.reshape(d.shape[:3] + (-1, bs, d.shape[-1]))
-    row0 = gl + g * group
-    for j in range(3):                        # window blocks i - 1 + j
-      cur = jax.lax.dynamic_slice_in_dim(acc, row0 + j, group, axis=2)
-      acc = jax.lax.dynamic_update_slice_in_dim(acc, cur + d[:, :, :, j],
-                                                row0 + j, axis=2)
-    if g_all:
-      glob = jnp.sum(d[:, :, :, 3:3 + g_all], axis=2)
-      acc = acc.at[:, :, 1:1 + gl].add(glob[:, :, :gl])
-      acc = acc.at[:, :, 1 + nb - gr:1 + nb].add(glob[:, :, gl:])
-    if d.shape[3] > 3 + g_all:
-      acc = acc.at[:, hidx, idx_s[g][..., 3 + g_all:] + 1].add(
-          d[:, :, :, 3 + g_all:])
-    return acc
+    return out, (q_s, kp, vp, kg, vg, out, probs)
 
   def bwd(res, d_out):
-    q_s, kblocks, vblocks, valid, out, probs = res
+    q_s, kp, vp, kg, vg, out, probs = res
 
-    def step(carry, g):
-      dk, dv = carry
-      # Gradients w.r.t. the gathered slots, from the saved probabilities
-      # (the slots are gathered again: cheaper than keeping them).
-      kb, vb, allowed = slots(g, kblocks, vblocks, valid)
-      dq_g, dkb, dvb, _ = _attend_bwd(
-          (q_s[g], kb, vb, probs[g], out[g], allowed), d_out[g])
-      return (scatter(dk, dkb, g), scatter(dv, dvb, g)), dq_g
+    def step(carry, s):
+      dkp, dvp, dkg, dvg = carry
+      parts = rows.parts(s * group, group, kp, vp, kg, vg)
+      dq, d_parts = _attend_parts_bwd(
+          (q_s[s], parts, tuple(x[s] for x in probs), out[s]), d_out[s])
+      dkp, dkg_s = rows.add_grads(dkp, d_parts, 0, s * group, group)
+      dvp, dvg_s = rows.add_grads(dvp, d_parts, 1, s * group, group)
+      if g_all:
+        dkg, dvg = dkg + dkg_s, dvg + dvg_s
+      return (dkp, dvp, dkg, dvg), dq
 
-    n = kblocks.shape[2]
-    zeros = lambda x: jnp.zeros((b, h, n + 2, bs, x.shape[-1]), jnp.float32)
-    (dk, dv), dq_s = jax.lax.scan(step, (zeros(kblocks), zeros(vblocks)),
-                                  jnp.arange(steps))
-    return (dq_s, dk[:, :, 1:n + 1], dv[:, :, 1:n + 1],
-            np.zeros(valid.shape, jax.dtypes.float0))
+    zeros = jnp.zeros_like
+    (dkp, dvp, dkg, dvg), dq_s = jax.lax.scan(
+        step, (zeros(kp), zeros(vp), zeros(kg), zeros(vg)), jnp.arange(steps))
+    return dq_s, dkp, dvp, dkg, dvg
 
-  rows_attention.defvjp(fwd, bwd)
+  run.defvjp(fwd, bwd)
   qb = jnp.pad(qb, [(0, 0), (0, 0), (0, extra), (0, 0), (0, 0)])
-  out = rows_attention(split(qb, 2), blocks(kh), blocks(vh), valid)
+  out = run(split(qb), kp, vp, kg, vg)
   out = jnp.moveaxis(out, 0, 2).reshape(b, h, steps * group, bs, pv)
   return out[:, :, :n_rows]
+
+
+def _bigbird_rows_dropout(qb, kblocks, vblocks, valid, idx, ok, gl, gr, nb,
+                          causal, dropout_rate, rng):
+  """The non-global rows with attention dropout (plain autodiff): every slot
+  gathered into ``[b, h, rows, slots bs, .]``, one masked softmax."""
+  b, h, _, bs, _ = qb.shape
+  kb = _slot_blocks(kblocks, idx, gl, gr, nb=nb)
+  vb = _slot_blocks(vblocks, idx, gl, gr, nb=nb)
+  allowed = _rows_allowed(valid, idx, ok, gl, 0, bs, causal, b, h)
+  return _attention_core(qb, kb, vb, allowed, dropout_rate, rng)
 
 
 def bigbird_block_sparse(
@@ -820,7 +949,8 @@ def bigbird_block_sparse(
 
   The non-global row blocks run as a ``lax.map`` over groups of about
   ``rows_tokens`` query tokens (``None``: all rows at once); each group
-  gathers only its own key/value blocks. Same result either way.
+  takes only its own key/value blocks (attention dropout: all rows at once).
+  Same result either way.
   """
   _check_bigbird(q, k, v, block_size, global_left, global_right,
                  num_rand_blocks)
@@ -840,35 +970,38 @@ def bigbird_block_sparse(
   kh, vh = jnp.moveaxis(k, 2, 1), jnp.moveaxis(v, 2, 1)
   pos = jnp.arange(t)
 
-  parts = []
-  # Global rows: first gl and last gr blocks, dense against every key.
-  def global_rows(lo, hi, rng):
+  # Global rows: the first gl and last gr blocks, dense against every key,
+  # as one [b, h, g bs, t] attention.
+  g_rows = np.r_[0:gl * bs, (nb - gr) * bs:t]
+  glob_out = None
+  if len(g_rows):
     allowed = valid[:, None, None, :]
     if causal:
-      allowed = allowed & (pos[None, :] <= pos[lo:hi, None])[None, None]
-    return _attention_core(qh[:, :, lo:hi], kh, vh, allowed, dropout_rate, rng)
-
-  rngs = ([None] * 3 if rng_glob is None else list(jax.random.split(rng_glob,
-                                                                    3)))
-  if gl:
-    parts.append(global_rows(0, gl * bs, rngs[0]))
+      allowed = allowed & (pos[None, :] <= g_rows[:, None])[None, None]
+    q_glob = (qh[:, :, :t] if len(g_rows) == t else
+              jnp.concatenate([qh[:, :, :gl * bs], qh[:, :, (nb - gr) * bs:]],
+                              axis=2))
+    glob_out = _attention_core(q_glob, kh, vh, allowed, dropout_rate,
+                               rng_glob)
+  parts = [] if glob_out is None else [glob_out[:, :, :gl * bs]]
   n_rows = nb - gl - gr
   if n_rows > 0:
     idx, ok = _bigbird_slots(nb, num_rand_blocks=num_rand_blocks,
                              num_heads=h, seed=seed, global_left=gl,
                              global_right=gr)
     qb = qh[:, :, gl * bs:(nb - gr) * bs].reshape(b, h, n_rows, bs, p)
-    group = n_rows if rows_tokens is None else max(1, int(rows_tokens) // bs)
-    if group >= n_rows or dropout_rate > 0.0:
-      out = _bigbird_rows(qb, kh.reshape(b, h, nb, bs, p),
-                          vh.reshape(b, h, nb, bs, pv), valid, idx, ok,
-                          gl, gr, nb, 0, causal, dropout_rate, rng_rows)
+    if dropout_rate > 0.0:
+      out = _bigbird_rows_dropout(
+          qb, kh.reshape(b, h, nb, bs, p), vh.reshape(b, h, nb, bs, pv),
+          valid, idx, ok, gl, gr, nb, causal, dropout_rate, rng_rows)
     else:
-      out = _bigbird_row_groups(qb, kh, vh, valid, idx, ok, gl, gr, bs,
-                                group, causal)
+      group = (n_rows if rows_tokens is None
+               else max(1, int(rows_tokens) // bs))
+      out = _bigbird_rows(qb, kh, vh, valid, idx, ok, gl, gr, bs, group,
+                          causal)
     parts.append(out.reshape(b, h, n_rows * bs, pv))
   if gr:
-    parts.append(global_rows((nb - gr) * bs, t, rngs[1]))
+    parts.append(glob_out[:, :, gl * bs:])
   out = jnp.concatenate(parts, axis=2) if len(parts) > 1 else parts[0]
   return jnp.moveaxis(out, 1, 2).astype(out_dtype), None
 

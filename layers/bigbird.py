@@ -44,7 +44,7 @@ class BigBird(nn.Module):
   (rng ``"dropout"``) when not ``deterministic``. Padded positions output 0.
 
   ``rows_tokens``: the non-global row blocks run as a scan over groups of
-  that many query tokens, each gathering only its own key/value blocks;
+  that many query tokens, each taking only its own key/value blocks;
   None computes them all at once (about twice the memory; see
   ``kernels.block_sparse_attention.BIGBIRD_ROWS_TOKENS``).
   """

@@ -213,6 +213,8 @@ BIGBIRD_CASES = {
     "first_globals_only": (3, 1, 2, 0, False, True),
     "no_random": (5, 0, 1, 1, False, False),
     "left_global_only": (3, 2, 1, 0, True, True),  # 7 rows: groups of 3 pad
+    "right_global_only": (4, 2, 0, 1, False, True),
+    "no_globals": (4, 2, 0, 0, True, False),
 }
 
 
