@@ -732,8 +732,12 @@ def _attend_parts_fwd(q, parts):
                                  for x in e])
   inv_z = 1.0 / jnp.where(z > 0, z, 1.0)
   probs = tuple(x * inv_z for x in e)
-  out = functools.reduce(jnp.add, [_part_values(pr, v)
-                                   for pr, (_, v, _) in zip(probs, parts)])
+  # The products take the unnormalised e (normalised after), so that P itself
+  # is only written for the backward: in the row-group scan that write goes
+  # straight into the stacked probabilities (layer at 16k fwd+bwd: 5.21 ->
+  # 4.96 s; 1k: 261 -> 250 ms, interleaved).
+  out = functools.reduce(jnp.add, [_part_values(x, v)
+                                   for x, (_, v, _) in zip(e, parts)]) * inv_z
   return out, (q, parts, probs, out)
 
 
