@@ -134,37 +134,45 @@ def _transposed(x):
   return jax.lax.optimization_barrier(jnp.swapaxes(x, -1, -2))
 
 
+def _key_value_grads(probs, ds, d_out, q, small_t=None):
+  """``dK = dS^T Q`` and ``dV = P^T dO`` over the last two axes (``probs, ds
+  [.., m, n]``, ``d_out, q [.., m, p]``) -> ``[.., n, p]`` each.
+
+  Both contract the middle axis of P and dS, which XLA:CPU's batched product
+  runs about 4x slower than a plain one ([b, h, rows] batches of 64 x 512
+  blocks: 71 ms vs 18 ms); so one side is transposed first, as a real copy
+  (the barriers keep XLA from folding the transposes back into the products).
+  ``small_t``: ``(d_out^T, q^T)`` when the caller already made them.
+  """
+  if probs.shape[-1] > 4 * probs.shape[-2]:
+    # More than 4 keys per query: global rows (a block of queries against
+    # every key) and rows with many slot blocks: transpose P and dS
+    # themselves ([n, m] copies with m-long rows). For the global rows, the
+    # form below left XLA a [p, n] -> [n, p] transpose with an n-element
+    # stride to fuse into the key/value gradients. BigBird layer at
+    # t = 16384, forward + backward, when its rows took this form: 6.3 s with
+    # the form below, 6.0 s this way (1k: 289 -> 264 ms).
+    dv = jnp.einsum("...nm,...mp->...np", _transposed(probs), d_out,
+                    precision=_HI)
+    dk = jnp.einsum("...nm,...mp->...np", _transposed(ds), q, precision=_HI)
+    return dk, dv
+  # Few keys per query (Longformer's band blocks, BigBird's parts): dV^T =
+  # dO^T P and dK^T = Q^T dS from copies of the small [m, p] operands.
+  d_out_t, q_t = small_t or (_transposed(d_out), _transposed(q))
+  dv = jnp.swapaxes(jax.lax.optimization_barrier(jnp.einsum(
+      "...pm,...mn->...pn", d_out_t, probs, precision=_HI)), -1, -2)
+  dk = jnp.swapaxes(jax.lax.optimization_barrier(jnp.einsum(
+      "...pm,...mn->...pn", q_t, ds, precision=_HI)), -1, -2)
+  return dk, dv
+
+
 def _attend_bwd(res, d_out):
   q, k, v, probs, out, allowed = res
   dp = jnp.einsum("...mp,...np->...mn", d_out, v, precision=_HI)
   delta = jnp.sum(d_out * out, axis=-1, keepdims=True)
   ds = probs * (dp - delta)
   dq = jnp.einsum("...mn,...np->...mp", ds, k, precision=_HI)
-  # dV = P^T dO and dK = dS^T Q contract the middle axis of P and dS, which
-  # XLA:CPU's batched product runs about 4x slower than a plain one ([b, h,
-  # rows] batches of 64 x 512 blocks: 71 ms vs 18 ms). The barriers keep
-  # XLA from folding the explicit transposes below back into the products.
-  if k.shape[-2] > 4 * q.shape[-2]:
-    # More than 4 keys per query: global rows (a block of queries against
-    # every key) and BigBird's block rows (3 + g + r >= 5 slot blocks):
-    # transpose P and dS themselves ([n, m] copies with m-long rows), so
-    # that dV and dK come out as [n, p]. For the global rows, the [p, n]
-    # form below left XLA a [p, n] -> [n, p] transpose with an n-element
-    # stride to fuse into the key/value gradients. BigBird layer at
-    # t = 16384, forward + backward: 6.3 s with the form below for every row,
-    # 6.0 s this way (1k: 289 -> 264 ms).
-    dv = jnp.einsum("...nm,...mp->...np", _transposed(probs), d_out,
-                    precision=_HI)
-    dk = jnp.einsum("...nm,...mp->...np", _transposed(ds), q, precision=_HI)
-  else:
-    # Few keys per query (Longformer's band blocks, BigBird rows with few
-    # slots): dV^T = dO^T P and dK^T = Q^T dS from copies of the small
-    # [m, p] operands.
-    dv = jnp.swapaxes(jax.lax.optimization_barrier(jnp.einsum(
-        "...pm,...mn->...pn", _transposed(d_out), probs, precision=_HI)), -1,
-                      -2)
-    dk = jnp.swapaxes(jax.lax.optimization_barrier(jnp.einsum(
-        "...pm,...mn->...pn", _transposed(q), ds, precision=_HI)), -1, -2)
+  dk, dv = _key_value_grads(probs, ds, d_out, q)
   d_allowed = np.zeros(allowed.shape, jax.dtypes.float0)
   return dq, dk, dv, d_allowed
 
@@ -751,21 +759,9 @@ def _attend_parts_bwd(res, d_out):
     ds = pr * (dp - delta)
     if k.ndim == 5:
       dq_i = jnp.einsum("bhrmn,bhrnp->bhrmp", ds, k, precision=_HI)
-      if k.shape[-2] > 4 * m:
-        # See ``_attend_bwd``: transposed copies of P and dS.
-        dv = jnp.einsum("...nm,...mp->...np", _transposed(pr), d_out,
-                        precision=_HI)
-        dk = jnp.einsum("...nm,...mp->...np", _transposed(ds), q,
-                        precision=_HI)
-      else:
-        # dV^T = dO^T P, dK^T = Q^T dS from transposed copies of the small
-        # [m, p] operands (made once, shared by the parts).
-        if small_t is None:
-          small_t = _transposed(d_out), _transposed(q)
-        dv = jnp.swapaxes(jax.lax.optimization_barrier(jnp.einsum(
-            "...pm,...mn->...pn", small_t[0], pr, precision=_HI)), -1, -2)
-        dk = jnp.swapaxes(jax.lax.optimization_barrier(jnp.einsum(
-            "...pm,...mn->...pn", small_t[1], ds, precision=_HI)), -1, -2)
+      if small_t is None and k.shape[-2] <= 4 * m:
+        small_t = _transposed(d_out), _transposed(q)  # shared by the parts
+      dk, dv = _key_value_grads(pr, ds, d_out, q, small_t)
     else:
       dq_i = jnp.einsum("bhrmn,bhnp->bhrmp", ds, k, precision=_HI)
       # A shared part's gradients sum over every row: dV^T = dO^T P as one
@@ -875,8 +871,7 @@ def _bigbird_rows(qb, kh, vh, valid, idx, ok, gl, gr, bs, group, causal):
       [x[:, :, :gl * bs], x[:, :, (nb - gr) * bs:]], axis=2)
   kp, vp, kg, vg = blocks(kh), blocks(vh), glob(kh), glob(vh)
   if steps == 1:
-    out = _attend_parts(qb, rows.parts(0, n_rows, kp, vp, kg, vg))
-    return out
+    return _attend_parts(qb, rows.parts(0, n_rows, kp, vp, kg, vg))
 
   split = lambda x: jnp.moveaxis(
       x.reshape((b, h, steps, group) + x.shape[3:]), 2, 0)
