@@ -659,28 +659,6 @@ def bigbird_reference(
   return out.astype(out_dtype), None
 
 
-def _slot_blocks(x, idx, gl, gr, *, nb=None):
-  """``x [b, h, n, bs, p]`` -> the slots' blocks ``[b, h, rows, slots bs, p]``
-  of the non-global rows (``idx [h, rows, slots]``).
-  The form with attention dropout gathers every slot this way.
-  """
-  b, h, n, bs, p = x.shape
-  nb = n if nb is None else nb
-  rows = idx.shape[1]
-  xp = jnp.pad(x, [(0, 0), (0, 0), (1, 1), (0, 0), (0, 0)])
-  parts = [xp[:, :, gl + j:gl + j + rows] for j in range(3)]  # i - 1 + j
-  g = gl + gr
-  if g:
-    glob = jnp.concatenate([x[:, :, :gl], x[:, :, nb - gr:nb]], axis=2)
-    parts.append(jnp.broadcast_to(glob.reshape(b, h, 1, g * bs, p),
-                                  (b, h, rows, g * bs, p)))
-  if idx.shape[-1] > 3 + g:
-    hidx = np.arange(h)[:, None, None]
-    rand = x[:, hidx, idx[..., 3 + g:]]       # [b, h, rows, r, bs, p]
-    parts.append(rand.reshape(b, h, rows, -1, p))
-  return jnp.concatenate(parts, axis=3)
-
-
 def _rows_allowed(valid, idx, ok, gl, row0, bs, causal, b, h):
   """``[b, h, rows, 1 | bs, slots bs]`` mask of the rows' slot keys: real
   (``valid [b, n bs]``), an ``ok`` slot and, if causal, not in the future."""
@@ -842,11 +820,14 @@ class _BigBirdRows:
     return acc, (d_parts[3][i] if g else None)
 
 
-def _bigbird_rows(qb, kh, vh, valid, idx, ok, gl, gr, bs, group, causal):
+def _bigbird_rows(qb, kh, vh, valid, idx, ok, gl, gr, bs, group, causal,
+                  dropout_rate=0.0, rng=None):
   """Attention of the non-global row blocks ``qb [b, h, n_rows, bs, p]``
   (query blocks ``gl ..``) over their slots ``idx, ok [h, n_rows, slots]``;
   ``kh, vh [b, h, t, .]``, ``valid [b, t]``.
 
+  With attention dropout: all rows at once, the parts concatenated per row
+  (``[b, h, n_rows, slots bs, .]``) and plain autodiff.
   ``group >= n_rows``: all rows at once (``_attend_parts``). Otherwise a
   ``lax.map`` over groups of ``group`` row blocks (the last group padded with
   rows that have no allowed key, then cut) with a hand-written backward: the
@@ -858,7 +839,7 @@ def _bigbird_rows(qb, kh, vh, valid, idx, ok, gl, gr, bs, group, causal):
   pv = vh.shape[-1]
   nb = kh.shape[2] // bs
   g_all = gl + gr
-  steps = -(-n_rows // group) if group < n_rows else 1
+  steps = -(-n_rows // group) if group < n_rows and not dropout_rate else 1
   group = -(-n_rows // steps)                 # padding < steps rows
   extra = steps * group - n_rows
   rows = _BigBirdRows(np.pad(idx, [(0, 0), (0, extra), (0, 0)]),
@@ -870,6 +851,14 @@ def _bigbird_rows(qb, kh, vh, valid, idx, ok, gl, gr, bs, group, causal):
   glob = lambda x: jnp.concatenate(
       [x[:, :, :gl * bs], x[:, :, (nb - gr) * bs:]], axis=2)
   kp, vp, kg, vg = blocks(kh), blocks(vh), glob(kh), glob(vh)
+  if dropout_rate > 0.0:
+    parts = rows.parts(0, n_rows, kp, vp, kg, vg)
+    per_row = lambda x: (x if x.ndim == 5 else jnp.broadcast_to(
+        x[:, :, None], (b, h, n_rows) + x.shape[2:]))
+    cat = lambda i: jnp.concatenate([per_row(part[i]) for part in parts],
+                                    axis=3)
+    allowed = jnp.concatenate([part[2] for part in parts], axis=-1)
+    return _attention_core(qb, cat(0), cat(1), allowed, dropout_rate, rng)
   if steps == 1:
     return _attend_parts(qb, rows.parts(0, n_rows, kp, vp, kg, vg))
 
@@ -914,17 +903,6 @@ def _bigbird_rows(qb, kh, vh, valid, idx, ok, gl, gr, bs, group, causal):
   out = run(split(qb), kp, vp, kg, vg)
   out = jnp.moveaxis(out, 0, 2).reshape(b, h, steps * group, bs, pv)
   return out[:, :, :n_rows]
-
-
-def _bigbird_rows_dropout(qb, kblocks, vblocks, valid, idx, ok, gl, gr, nb,
-                          causal, dropout_rate, rng):
-  """The non-global rows with attention dropout (plain autodiff): every slot
-  gathered into ``[b, h, rows, slots bs, .]``, one masked softmax."""
-  b, h, _, bs, _ = qb.shape
-  kb = _slot_blocks(kblocks, idx, gl, gr, nb=nb)
-  vb = _slot_blocks(vblocks, idx, gl, gr, nb=nb)
-  allowed = _rows_allowed(valid, idx, ok, gl, 0, bs, causal, b, h)
-  return _attention_core(qb, kb, vb, allowed, dropout_rate, rng)
 
 
 def bigbird_block_sparse(
@@ -989,15 +967,9 @@ def bigbird_block_sparse(
                              num_heads=h, seed=seed, global_left=gl,
                              global_right=gr)
     qb = qh[:, :, gl * bs:(nb - gr) * bs].reshape(b, h, n_rows, bs, p)
-    if dropout_rate > 0.0:
-      out = _bigbird_rows_dropout(
-          qb, kh.reshape(b, h, nb, bs, p), vh.reshape(b, h, nb, bs, pv),
-          valid, idx, ok, gl, gr, nb, causal, dropout_rate, rng_rows)
-    else:
-      group = (n_rows if rows_tokens is None
-               else max(1, int(rows_tokens) // bs))
-      out = _bigbird_rows(qb, kh, vh, valid, idx, ok, gl, gr, bs, group,
-                          causal)
+    group = n_rows if rows_tokens is None else max(1, int(rows_tokens) // bs)
+    out = _bigbird_rows(qb, kh, vh, valid, idx, ok, gl, gr, bs, group,
+                        causal, dropout_rate, rng_rows)
     parts.append(out.reshape(b, h, n_rows * bs, pv))
   if gr:
     parts.append(glob_out[:, :, gl * bs:])
