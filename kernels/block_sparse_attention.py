@@ -829,8 +829,8 @@ def _bigbird_rows(qb, kh, vh, valid, idx, ok, gl, gr, bs, group, causal,
   With attention dropout: all rows at once, the parts concatenated per row
   (``[b, h, n_rows, slots bs, .]``) and plain autodiff.
   ``group >= n_rows``: all rows at once (``_attend_parts``). Otherwise a
-  ``lax.map`` over groups of ``group`` row blocks (the last group padded with
-  rows that have no allowed key, then cut) with a hand-written backward: the
+  loop over groups of ``group`` row blocks (the last group padded with rows
+  that have no allowed key, then cut) with a hand-written backward: the
   forward keeps each group's probabilities; a scan over the groups takes the
   group's parts again and adds its key/value gradients into carried
   accumulators in place, so every step touches only its own blocks.
@@ -862,25 +862,43 @@ def _bigbird_rows(qb, kh, vh, valid, idx, ok, gl, gr, bs, group, causal,
   if steps == 1:
     return _attend_parts(qb, rows.parts(0, n_rows, kp, vp, kg, vg))
 
-  split = lambda x: jnp.moveaxis(
-      x.reshape((b, h, steps, group) + x.shape[3:]), 2, 0)
+  # Without gradients, a loop whose groups read their query rows and write
+  # their output by dynamic slices of whole [b, h, rows, bs, .] buffers, the
+  # output carried in place: no [steps, ..] transposed copies of Q and O
+  # (layer at 16k, forward: 1.96 -> 1.81 s, interleaved).
+  cut = lambda x, s: jax.lax.dynamic_slice_in_dim(x, s * group, group, axis=2)
+  put = lambda buf, x, s: jax.lax.dynamic_update_slice_in_dim(
+      buf, x, s * group, axis=2)
+  out_buf = lambda: jnp.zeros((b, h, steps * group, bs, pv), qb.dtype)
 
   @jax.custom_vjp
-  def run(q_s, kp, vp, kg, vg):
-    return jax.lax.map(lambda s: _attend_parts(
-        q_s[s], rows.parts(s * group, group, kp, vp, kg, vg)),
-                       jnp.arange(steps))
+  def run(qp, kp, vp, kg, vg):
+    def step(s, out):
+      parts = rows.parts(s * group, group, kp, vp, kg, vg)
+      return put(out, _attend_parts_fwd(cut(qp, s), parts)[0], s)
+    return jax.lax.fori_loop(0, steps, step, out_buf())
 
-  def fwd(q_s, kp, vp, kg, vg):
+  # With gradients, the forward stacks each group's output and
+  # probabilities ([steps, b, h, group, ..]), the layout its backward scan
+  # reads; the backward stacks dQ the same way.
+  split = lambda x: jnp.moveaxis(
+      x.reshape((b, h, steps, group) + x.shape[3:]), 2, 0)
+  merge = lambda x: jnp.moveaxis(x, 0, 2).reshape(
+      (b, h, steps * group) + x.shape[4:])
+
+  def fwd(qp, kp, vp, kg, vg):
+    q_s = split(qp)
+
     def one(s):
       out, res = _attend_parts_fwd(
           q_s[s], rows.parts(s * group, group, kp, vp, kg, vg))
       return out, res[2]                      # the probabilities
     out, probs = jax.lax.map(one, jnp.arange(steps))
-    return out, (q_s, kp, vp, kg, vg, out, probs)
+    return merge(out), (q_s, kp, vp, kg, vg, out, probs)
 
   def bwd(res, d_out):
     q_s, kp, vp, kg, vg, out, probs = res
+    d_out = split(d_out)
 
     def step(carry, s):
       dkp, dvp, dkg, dvg = carry
@@ -896,13 +914,12 @@ def _bigbird_rows(qb, kh, vh, valid, idx, ok, gl, gr, bs, group, causal,
     zeros = jnp.zeros_like
     (dkp, dvp, dkg, dvg), dq_s = jax.lax.scan(
         step, (zeros(kp), zeros(vp), zeros(kg), zeros(vg)), jnp.arange(steps))
-    return dq_s, dkp, dvp, dkg, dvg
+    return merge(dq_s), dkp, dvp, dkg, dvg
 
   run.defvjp(fwd, bwd)
-  qb = jnp.pad(qb, [(0, 0), (0, 0), (0, extra), (0, 0), (0, 0)])
-  out = run(split(qb), kp, vp, kg, vg)
-  out = jnp.moveaxis(out, 0, 2).reshape(b, h, steps * group, bs, pv)
-  return out[:, :, :n_rows]
+  if extra:
+    qb = jnp.pad(qb, [(0, 0), (0, 0), (0, extra), (0, 0), (0, 0)])
+  return run(qb, kp, vp, kg, vg)[:, :, :n_rows]
 
 
 def bigbird_block_sparse(
@@ -924,7 +941,7 @@ def bigbird_block_sparse(
 ):
   """BigBird ITC attention in ``O(t (3 + g + r) bs)``; args as the reference.
 
-  The non-global row blocks run as a ``lax.map`` over groups of about
+  The non-global row blocks run as a loop over groups of about
   ``rows_tokens`` query tokens (``None``: all rows at once); each group
   takes only its own key/value blocks (attention dropout: all rows at once).
   Same result either way.
