@@ -221,7 +221,9 @@ def get_config(preset: str = "full") -> ml_collections.ConfigDict:
 
   # Full softmax attention (mixer == "attention"); layers/attention.py.
   # impl: "xla" picks the dense form when the score array is small and the
-  # blocked (memory-efficient) form otherwise; "reference" is dense.
+  # blocked (memory-efficient) form otherwise; "reference" is dense;
+  # "pallas" the Pallas kernels (Triton on GPU, Mosaic on TPU; "auto" keeps
+  # the XLA form until they have run natively).
   model.attention = attention_fields(impl="auto")
   # Linear attention (mixer == "linear_attention"): feature map "elu" (elu+1)
   # or "relu", chunk of the causal chunked form, normaliser epsilon.

@@ -100,15 +100,16 @@ class Attention(_QKVOut):
   attention probabilities, rng ``"dropout"``, only when not deterministic:
   that path computes the dense ``[b, h, t, t]`` probabilities, as the blocked
   kernel has no dropout), ``impl`` (``kernels.flash_attention.attention``:
-  "auto"/"xla" picks dense or blocked by size, "reference"), ``block_q`` /
-  ``block_k`` (blocked form). The call also takes ``segment_ids [b, t]``
+  "auto"/"xla" picks dense or blocked by size, "reference", "pallas",
+  "pallas_interpret"), ``block_q`` / ``block_k`` (blocks of the blocked or
+  Pallas form; None: that form's defaults). The call also takes ``segment_ids [b, t]``
   (tokens attend only within their segment, for packed sequences).
   """
   causal: bool = False
   attn_dropout: float = 0.0
   impl: str = "auto"
-  block_q: int = fa.DEFAULT_BLOCK_Q
-  block_k: int = fa.DEFAULT_BLOCK_K
+  block_q: int | None = None
+  block_k: int | None = None
 
   @nn.compact
   def __call__(

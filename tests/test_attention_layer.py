@@ -110,7 +110,8 @@ def _mask():
 
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("impl,block", [("auto", 512), ("xla", 3),
-                                        ("reference", 512)])
+                                        ("reference", 512),
+                                        ("pallas_interpret", 4)])
 def test_attention_matches_numpy(causal, impl, block):
   layer = Attention(d_model=D, n_heads=H, causal=causal, impl=impl,
                     block_q=block, block_k=block)

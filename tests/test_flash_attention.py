@@ -12,7 +12,8 @@ import pytest
 from kernels import Impl
 from kernels import flash_attention as fa
 from kernels.flash_attention import (attention, attention_blocked,
-                                     attention_dense, attention_reference)
+                                     attention_dense, attention_pallas,
+                                     attention_reference)
 
 
 def _rel(x, ref):
@@ -94,7 +95,8 @@ def test_reference_matches_numpy(causal, masked, segments):
 
 def _compare(form, q, k, v, kw, tol_y=2e-6, tol_g=5e-6):
   fn = lambda *a: form(*a, **kw)[0]
-  kw_ref = {k: w for k, w in kw.items() if k != "save_probs"}
+  kw_ref = {k: w for k, w in kw.items()
+            if k not in ("save_probs", "interpret")}
   ref = lambda *a: attention_reference(*a, **kw_ref)[0]
   out, vjp = jax.vjp(jax.jit(fn), q, k, v)
   out_ref, vjp_ref = jax.vjp(jax.jit(ref), q, k, v)
@@ -166,10 +168,88 @@ def test_dispatcher(monkeypatch):
     attention(q, k, v, impl="nope")
 
 
+@pytest.mark.parametrize("causal,t,s,bq,bk,masked,segments", [
+    (False, 32, 32, 16, 16, False, False),  # blocks divide the lengths
+    (True, 32, 32, 16, 16, False, False),
+    (True, 40, 40, 16, 32, True, True),     # padded lengths; bq != bk
+    (True, 40, 40, 32, 16, False, True),
+    (False, 24, 40, 16, 16, True, False),   # t != s
+    (False, 9, 9, None, None, True, True),  # default blocks, shrunk
+])
+def test_pallas_matches_reference(causal, t, s, bq, bk, masked, segments):
+  """The Pallas kernels (forward, dQ, dK/dV) in interpret mode: values and
+  gradients against the reference, with key masks (a batch row whose
+  queries have almost no keys), segments and causal masking."""
+  b = 2
+  q, k, v = _inputs(t + s, b=b, t=t, s=s, p=16, pv=8)
+  kv_mask, q_seg, kv_seg = _masks(t, b, t, s, segments)
+  kw = dict(causal=causal, block_q=bq, block_k=bk, interpret=True)
+  if masked:
+    kw.update(kv_mask=jnp.asarray(kv_mask))
+  if segments:
+    kw.update(q_segment_ids=jnp.asarray(q_seg),
+              kv_segment_ids=jnp.asarray(kv_seg))
+  _compare(attention_pallas, q, k, v, kw)
+
+
+def test_pallas_dispatch_and_errors():
+  q, k, v = _inputs(10, t=20, p=8)
+  ref = attention(q, k, v, impl="reference", causal=True)[0]
+  out = attention(q, k, v, impl="pallas_interpret", causal=True,
+                  block_q=8, block_k=4)[0]
+  assert _rel(out, ref) < 2e-6
+  with pytest.raises(ValueError, match="powers of two.*head dim p"):
+    attention_pallas(*_inputs(11, t=8, p=12), interpret=True)
+  with pytest.raises(ValueError, match="powers of two.*block_k"):
+    attention_pallas(q, k, v, block_k=6, interpret=True)
+
+
+def _pallas_grad_fn():
+  def loss(q, k, v, mask, seg):
+    out = attention_pallas(q, k, v, causal=True, kv_mask=mask,
+                           q_segment_ids=seg, kv_segment_ids=seg)[0]
+    return jnp.sum(out ** 2)
+  return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+
+
+def _pallas_arg_shapes(sharding=None):
+  b, t, h, p = 2, 1000, 4, 64                 # t padded to the 128 blocks
+  spec = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt, sharding=sharding)
+  x = spec((b, t, h, p), jnp.float32)
+  return x, x, x, spec((b, t), jnp.bool_), spec((b, t), jnp.int32)
+
+
+def test_pallas_lowers_to_triton_for_gpu(monkeypatch):
+  """Forward, dQ and dK/dV lower to three Triton kernels for CUDA (lowering
+  only: the Triton IR is built here; PTX needs a GPU)."""
+  from jax.experimental.pallas import triton as pl_triton
+  monkeypatch.setattr(fa, "_pl_compiler_params",
+                      lambda: pl_triton.CompilerParams(num_warps=4,
+                                                       num_stages=2))
+  text = _pallas_grad_fn().trace(*_pallas_arg_shapes()).lower(
+      lowering_platforms=("cuda",)).as_text()
+  assert text.count("custom_call @__gpu$xla.gpu.triton") == 3
+
+
+def test_pallas_compiles_for_tpu(monkeypatch):
+  """Ahead-of-time Mosaic compile for an abstract TPU v5p chip (needs
+  libtpu: ``pip install -e .[tpu]``)."""
+  pytest.importorskip("libtpu")
+  from jax.experimental import topologies
+  monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "localhost")
+  topo = topologies.get_topology_desc(platform="tpu",
+                                      topology_name="v5p:2x2x1")
+  shd = jax.sharding.SingleDeviceSharding(topo.devices[0])
+  compiled = _pallas_grad_fn().trace(*_pallas_arg_shapes(shd)).lower(
+  ).compile()
+  assert compiled.memory_analysis().temp_size_in_bytes > 0
+
+
 def test_large_logits_are_stable():
   q, k, v = _inputs(8, t=12)
   q = q * 200.0
-  for form in (attention_blocked, _blocked_saving, attention_dense):
+  pallas = lambda *a, **kw: attention_pallas(*a, interpret=True, **kw)
+  for form in (attention_blocked, _blocked_saving, attention_dense, pallas):
     out = form(q, k, v, block_q=4, block_k=4)[0]
     assert _rel(out, attention_reference(q, k, v)[0]) < 1e-5
 
