@@ -4,6 +4,11 @@ Values and gradients (random cotangent) of q, k, v are compared with the
 relative error of the difference against the reference's scale; the
 reference itself is checked against a float64 numpy loop.
 """
+import json
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -243,6 +248,30 @@ def test_pallas_compiles_for_tpu(monkeypatch):
   compiled = _pallas_grad_fn().trace(*_pallas_arg_shapes(shd)).lower(
   ).compile()
   assert compiled.memory_analysis().temp_size_in_bytes > 0
+
+
+def test_pallas_benchmark_dry_run(tmp_path):
+  """``benchmarks/bench_flash_pallas.py`` (the native check for a GPU/TPU)
+  runs end to end in interpret mode: its check passes and it writes a row
+  per form, mode and length."""
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = tmp_path / "bench.json"
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  proc = subprocess.run(
+      [sys.executable, "benchmarks/bench_flash_pallas.py", "--interpret",
+       "--lengths", "128", "256", "--batch", "1", "--heads", "2",
+       "--repeats", "1", "--warmup", "0", "--min-time", "0",
+       f"--out={out}"],
+      cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+  assert "OK" in proc.stdout
+  report = json.loads(out.read_text())
+  assert max(report["check"].values()) < 1e-4
+  assert [(r["form"], r["mode"], r["t"]) for r in report["rows"]] == [
+      (f, m, t) for t in (128, 256) for m in ("fwd", "fwdbwd")
+      for f in ("pallas", "xla")]
+  assert all(r["median_s"] > 0 for r in report["rows"])
 
 
 def test_large_logits_are_stable():
