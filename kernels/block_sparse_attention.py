@@ -869,14 +869,14 @@ def _bigbird_rows(qb, kh, vh, valid, idx, ok, gl, gr, bs, group, causal,
   cut = lambda x, s: jax.lax.dynamic_slice_in_dim(x, s * group, group, axis=2)
   put = lambda buf, x, s: jax.lax.dynamic_update_slice_in_dim(
       buf, x, s * group, axis=2)
-  out_buf = lambda: jnp.zeros((b, h, steps * group, bs, pv), qb.dtype)
 
   @jax.custom_vjp
   def run(qp, kp, vp, kg, vg):
     def step(s, out):
       parts = rows.parts(s * group, group, kp, vp, kg, vg)
       return put(out, _attend_parts_fwd(cut(qp, s), parts)[0], s)
-    return jax.lax.fori_loop(0, steps, step, out_buf())
+    return jax.lax.fori_loop(
+        0, steps, step, jnp.zeros((b, h, steps * group, bs, pv), qp.dtype))
 
   # With gradients, the forward stacks each group's output and
   # probabilities ([steps, b, h, group, ..]), the layout its backward scan

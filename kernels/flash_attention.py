@@ -626,9 +626,7 @@ def _pl_dkv_kernel(*refs, causal, has_valid, has_seg, bq, bk, nq):
   (q_ref, k_ref, v_ref, valid_ref, q_seg_ref, kv_seg_ref, do_ref, lse_ref,
    delta_ref, dk_ref, dv_ref) = _pl_unpack(refs, 5, has_valid, has_seg)
   j = pl.program_id(2)
-  k, v = k_ref[...], v_ref[...]
-  # The whole-length refs of the per-key vectors are indexed by key block j
-  # in _pl_allowed; this program's keys are its own block.
+  k, v = k_ref[...], v_ref[...]                     # key block j
 
   def body(i, carry):
     dk, dv = carry
@@ -792,20 +790,17 @@ def attention_pallas(
   """
   b, t, s, h, p = _check(q, k, v, causal, kv_mask, q_segment_ids,
                          kv_segment_ids)
-  pv = v.shape[-1]
   bq = PALLAS_BLOCK_Q if block_q is None else int(block_q)
   bk = PALLAS_BLOCK_K if block_k is None else int(block_k)
   up2 = lambda n: 1 << max(0, (n - 1).bit_length())
   bq, bk = min(bq, up2(t)), min(bk, up2(s))
-  bad = {name: n for name, n in (("block_q", bq), ("block_k", bk),
-                                 ("head dim p", p), ("value head dim pv", pv))
-         if not _pow2(n)}
+  dims = {"block_q": bq, "block_k": bk, "head dim p": p,
+          "value head dim pv": v.shape[-1]}
+  bad = {name: n for name, n in dims.items() if not _pow2(n)}
   if bad:
     raise ValueError(f"the Pallas attention kernel needs powers of two for "
                      f"its blocks and head dims; got {bad}")
-  small = {name: n for name, n in (("block_q", bq), ("block_k", bk),
-                                   ("head dim p", p), ("value head dim pv",
-                                                       pv)) if n < 16}
+  small = {name: n for name, n in dims.items() if n < 16}
   if small and not interpret and jax.default_backend() == "gpu":
     raise ValueError(f"the Pallas attention kernel's Triton dots need blocks "
                      f"and head dims >= 16 on GPU; got {small}")
