@@ -10,6 +10,8 @@ from typing import Any
 
 import ml_collections
 
+from configs import checks
+
 NORMS = ("layer", "batch", "rms")
 OUTPUTS = ("glu", "linear", "none")
 POOLS = ("mean", "last", "max", "cls")
@@ -24,37 +26,10 @@ S4_INITS = ("legs", "lin", "inv")
 S4_DISCRETIZATIONS = ("zoh", "bilinear")
 
 
-def _fail(field: str, value: Any, why: str):
-  raise ValueError(f"{field}={value!r} {why}")
-
-
-def _check_choice(field: str, value: Any, choices) -> None:
-  if value not in choices:
-    _fail(field, value, f"is not one of {tuple(choices)}")
-
-
-def _check_int(field: str, value: Any, *, minimum: int | None = None,
-               optional: bool = False) -> None:
-  if value is None and optional:
-    return
-  if not isinstance(value, int) or isinstance(value, bool):
-    _fail(field, value, "must be an integer")
-  if minimum is not None and value < minimum:
-    _fail(field, value, f"must be >= {minimum}")
-
-
-def _check_float(field: str, value: Any, *, low: float | None = None,
-                 high: float | None = None, low_open: bool = False,
-                 optional: bool = False) -> None:
-  if value is None and optional:
-    return
-  if not isinstance(value, (int, float)) or isinstance(value, bool) or (
-      not math.isfinite(value)):
-    _fail(field, value, "must be a finite number")
-  if low is not None and (value <= low if low_open else value < low):
-    _fail(field, value, f"must be {'>' if low_open else '>='} {low}")
-  if high is not None and value > high:
-    _fail(field, value, f"must be <= {high}")
+_fail = checks.fail
+_check_choice = checks.check_choice
+_check_int = checks.check_int
+_check_float = checks.check_float
 
 
 def _describe(shape: dict[str, int]) -> str:
