@@ -8,11 +8,7 @@ Optional fields are typed placeholders so that the command line can set them.
 import ml_collections
 from ml_collections import config_dict
 
-# Parameters of the S4/S4D state-space kernels (names as layers/s4.py defines
-# them). The S4 reference training code gives them their own learning rate and
-# no weight decay (state-spaces/s4, src/models/sequence/kernels/kernel.py
-# `register`, and configs/model/layer/s4.yaml `lr: {dt, A, B}: 0.001`, `wd: 0`).
-SSM_PARAMS_PATTERN = r"(^|/)(log_dt|A_real|A_imag|P|B)$"
+import layers
 
 # Biases, normalisation parameters and embeddings: no weight decay, as the S4
 # reference code's defaults (train.optimizer_param_grouping: bias_weight_decay
@@ -128,125 +124,19 @@ def get_config(preset: str = "full") -> ml_collections.ConfigDict:
   # Sequence pooling before the classifier: "mean" | "last" | "max" | "cls"
   # (not used by token-level tasks, whose head predicts at every position).
   model.pool = "mean"
-  # The S4 mixer's own fields (used when mixer == "s4"); see layers/s4.py.
-  model.s4 = s4 = ml_collections.ConfigDict()
-  # State size N per channel (even: the states come in conjugate pairs).
-  s4.d_state = 64
-  # "dplr": S4 diagonal plus low rank (HiPPO-LegS NPLR); "diag": S4D.
-  s4.mode = "dplr"
-  # State matrix init: "legs" (HiPPO-LegS; required by dplr), "lin", "inv".
-  s4.ssm_init = "legs"
-  # True: a second kernel runs backwards in time (non-causal tasks).
-  s4.bidirectional = False
-  # Diagonal (S4D) discretisation: "zoh" or "bilinear"; dplr is always bilinear.
-  s4.discretization = "zoh"
-  # Range of the log-uniform initial step size dt.
-  s4.dt_min = 1e-3
-  s4.dt_max = 1e-1
-  # Kernel length; None means the task's maximum sequence length.
-  s4.l_max = config_dict.placeholder(int)
-  # Rank of the low-rank correction P (dplr).
-  s4.rank = 1
-  # Activation after the SSM convolution: "gelu", ...
-  s4.activation = "gelu"
-  # Kernel implementation: "auto" | "reference" | "xla" | "pallas" |
-  # "pallas_interpret" (kernels.Impl).
-  s4.impl = "auto"
-
-  # The Mamba-2 mixer's fields (mixer == "mamba2"); see layers/mamba2.py.
-  # Defaults are the official Mamba2 module's.
-  model.mamba2 = m2 = ml_collections.ConfigDict()
-  # State size N per head.
-  m2.d_state = 128
-  # Width of the depthwise causal convolution.
-  m2.d_conv = 4
-  # Inner width = expand * d_model.
-  m2.expand = 2
-  # Head dimension P (heads = expand * d_model / head_dim).
-  m2.head_dim = 64
-  # Groups sharing B and C (heads per group = heads / n_groups).
-  m2.n_groups = 1
-  # Chunk length of the chunked SSD scan (any length works).
-  m2.chunk_size = 256
-  # Range of the log-uniform initial step size dt.
-  m2.dt_min = 1e-3
-  m2.dt_max = 1e-1
-  # Range of the uniform initial -A (A = -exp(A_log)).
-  m2.a_init_min = 1.0
-  m2.a_init_max = 16.0
-  # SSD implementation: "auto" | "reference" (sequential scan) | "xla" (chunked).
-  m2.impl = "auto"
-  # State-collapse mitigations (Stuffed Mamba), training-free switches:
-  # decay alpha_t -> alpha_t ** decay_scale (>= 1: forget more);
-  m2.decay_scale = 1.0
-  # inserted term B_t -> insert_scale * B_t (<= 1: remember less);
-  m2.insert_scale = 1.0
-  # rescale the state after every update so its norm stays bounded (None = off;
-  # sequential scan only);
-  m2.state_norm = config_dict.placeholder(float)
-  # keep only the last `window` tokens in the state, by state difference
-  # (None = off).
-  m2.window = config_dict.placeholder(int)
-
-  # The SGConv mixer's fields (mixer == "sgconv"); see layers/sgconv.py.
-  model.sgconv = sg = ml_collections.ConfigDict()
-  # Size d of each scale's learnable kernel.
-  sg.kernel_dim = 64
-  # Number of scales; None = as many as needed to cover l_max.
-  sg.n_scales = config_dict.placeholder(int)
-  # Weight alpha^i of scale i (the paper's decay).
-  sg.decay = 0.5
-  # Kernels per feature; their outputs are concatenated (channels * d_model
-  # features), so channels > 1 needs model.output "glu" or "linear".
-  sg.channels = 1
-  # True: a second kernel runs backwards in time (non-causal tasks).
-  sg.bidirectional = False
-  # Kernel length; None means the task's maximum sequence length.
-  sg.l_max = config_dict.placeholder(int)
-  # Activation after the convolution.
-  sg.activation = "gelu"
-  # FFT convolution implementation (kernels.Impl).
-  sg.impl = "auto"
-
-  # The attention mixers own their Q/K/V and output projections: use them with
-  # model.output = "none" (and model.ff_mult > 0 for a Transformer block).
-  # Fields every attention mixer has: heads, head width (None = d_model / heads),
-  # causal masking, dropout on the attention probabilities.
-  def attention_fields(**extra):
-    sub = ml_collections.ConfigDict(dict(
-        n_heads=4, head_dim=config_dict.placeholder(int), causal=False,
-        attn_dropout=0.0))
-    sub.update(extra)
-    return sub
-
-  # Full softmax attention (mixer == "attention"); layers/attention.py.
-  # impl: "xla" picks the dense form when the score array is small and the
-  # blocked (memory-efficient) form otherwise; "reference" is dense;
-  # "pallas" the Pallas kernels (Triton on GPU, Mosaic on TPU; "auto" keeps
-  # the XLA form until they have run natively).
-  model.attention = attention_fields(impl="auto")
-  # Linear attention (mixer == "linear_attention"): feature map "elu" (elu+1)
-  # or "relu", chunk of the causal chunked form, normaliser epsilon.
-  model.linear_attention = attention_fields(
-      feature_map="elu", chunk_size=64, eps=1e-6, impl="auto")
-  # Linformer (mixer == "linformer"): keys and values projected along length
-  # max_length -> k (None = the task's maximum length); sharing "none",
-  # "headwise", "kv" or "layerwise" (one projection for every layer).
-  model.linformer = attention_fields(
-      max_length=config_dict.placeholder(int), k=256, sharing="headwise")
-  # Low-Rank Transformer attention (mixer == "lowrank"): every projection
-  # factorised as E [d, rank] then D [rank, d]; see also model.dense_rank.
-  model.lowrank = attention_fields(rank=64)
-  # Longformer (mixer == "longformer"): one-sided window w, dilation, the first
-  # global_tokens positions global (attend to and attended by all).
-  model.longformer = attention_fields(window=256, dilation=1, global_tokens=0)
-  # BigBird ITC (mixer == "bigbird"): block size, random blocks per query
-  # block (drawn once from seed), global blocks at the start and the end.
-  model.bigbird = attention_fields(block_size=64, num_rand_blocks=3,
-                                   global_left=1, global_right=1, seed=0)
-  # Informer ProbSparse self-attention (mixer == "probsparse"): factor c of
-  # the c*ceil(ln L) sampled keys and top queries.
-  model.probsparse = attention_fields(factor=5)
+  # Compute dtype of the model's layers (activations, matmul inputs):
+  # "float32" or "bfloat16" (mixed precision: the SSM kernels, softmax and
+  # normalisation statistics stay in float32 inside the layers).
+  model.dtype = "float32"
+  # Storage dtype of the parameters: "float32" or "bfloat16".
+  model.param_dtype = "float32"
+  # Every registered mixer's own fields, model.<mixer>.*, as its module
+  # declares them (defaults and meanings there: layers/<mixer>.py `config`).
+  # The attention mixers own their Q/K/V and output projections: use them
+  # with model.output = "none" (and model.ff_mult > 0 for a Transformer
+  # block). A mixer's optim_groups join optim.groups when it is the model's.
+  for name, spec in sorted(layers.SPECS.items()):
+    model[name] = spec.default_config()
   # Rank of the backbone's dense layers (output projection and feed-forward)
   # as E then D (the Low-Rank Transformer); None = full-rank Dense.
   model.dense_rank = config_dict.placeholder(int)
@@ -306,12 +196,10 @@ def get_config(preset: str = "full") -> ml_collections.ConfigDict:
   # (a regex searched in its '/'-joined path, e.g. "backbone/block_0/mixer/B")
   # matches; matching two groups is an error. ``learning_rate`` None = the base
   # learning rate; ``weight_decay`` None = the base weight decay. Every group
-  # follows the same warmup/decay shape.
+  # follows the same warmup/decay shape. The model's mixer adds its own
+  # groups (model.<mixer>.optim_groups, e.g. the S4 SSM parameters); a name
+  # used by both is an error.
   optim.groups = ml_collections.ConfigDict()
-  optim.groups.ssm = ml_collections.ConfigDict(dict(
-      pattern=SSM_PARAMS_PATTERN,
-      learning_rate=config_dict.FieldReference(1e-3, field_type=float),
-      weight_decay=config_dict.FieldReference(0.0, field_type=float)))
   optim.groups.no_decay = ml_collections.ConfigDict(dict(
       pattern=NO_DECAY_PATTERN,
       learning_rate=config_dict.placeholder(float),
@@ -410,5 +298,5 @@ def s4_lra(config: ml_collections.ConfigDict, *, d_state: int, prenorm: bool,
   optim.weight_decay = 0.05
   optim.schedule = "cosine"
   optim.warmup_steps = warmup_steps
-  optim.groups.ssm.learning_rate = 1e-3
-  optim.groups.ssm.weight_decay = 0.0
+  s4.optim_groups.ssm.learning_rate = 1e-3
+  s4.optim_groups.ssm.weight_decay = 0.0

@@ -47,10 +47,11 @@ def get_config(preset: str = "full") -> ml_collections.ConfigDict:
                  warmup_steps=12_000)
   model, optim = config.model, config.optim
   # ListOps trains dt at the base learning rate: only A and B are in "ssm".
-  optim.groups.ssm.pattern = r"(^|/)(A_real|A_imag|P|B)$"
+  groups = model.s4.optim_groups
+  groups.ssm.pattern = r"(^|/)mixer/(A_real|A_imag|P|B)$"
   with config.unlocked():
-    optim.groups.dt = ml_collections.ConfigDict(dict(
-        pattern=r"(^|/)log_dt$",
+    groups.dt = ml_collections.ConfigDict(dict(
+        pattern=r"(^|/)mixer/log_dt$",
         learning_rate=ml_collections.config_dict.placeholder(float),
         weight_decay=ml_collections.config_dict.FieldReference(
             0.0, field_type=float)))

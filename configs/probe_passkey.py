@@ -59,10 +59,6 @@ def mamba2_lm(config: ml_collections.ConfigDict, *, d_model: int, n_layers: int,
   optim.grad_clip_norm = 1.0
   optim.schedule = "cosine"
   optim.warmup_steps = warmup_steps
-  # The S4 parameter group matches no Mamba-2 parameter; drop it so that a
-  # parameter named like an S4 one cannot join it by accident.
-  with config.unlocked():
-    del optim.groups["ssm"]
 
 
 def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:

@@ -3,10 +3,7 @@
 Every error is a ``ValueError`` that names the field and its value, e.g.
 ``ValueError("model.s4.d_state=63 must be even ...")``.
 """
-import dataclasses
 import math
-import re
-from typing import Any
 
 import ml_collections
 
@@ -21,9 +18,7 @@ MESH_AXES = ("data", "fsdp", "tensor", "seq")
 # Mesh axes the batch is split over (config.mesh.logical_axis_rules "batch").
 DATA_PARALLEL_AXES = ("data", "fsdp")
 
-S4_MODES = ("dplr", "diag")
-S4_INITS = ("legs", "lin", "inv")
-S4_DISCRETIZATIONS = ("zoh", "bilinear")
+DTYPES = ("float32", "bfloat16")
 
 
 _fail = checks.fail
@@ -67,44 +62,6 @@ def mesh_shape(mesh_config: ml_collections.ConfigDict,
         f"{_describe(shape)} need {math.prod(shape.values())} devices but "
         f"only {num_devices=} are available")
   return shape
-
-
-def _validate_s4(s4: ml_collections.ConfigDict) -> None:
-  _check_int("model.s4.d_state", s4.d_state, minimum=2)
-  if s4.d_state % 2:
-    _fail("model.s4.d_state", s4.d_state,
-          "must be even (the state comes in complex-conjugate pairs)")
-  _check_choice("model.s4.mode", s4.mode, S4_MODES)
-  _check_choice("model.s4.ssm_init", s4.ssm_init, S4_INITS)
-  if s4.mode == "dplr" and s4.ssm_init != "legs":
-    _fail("model.s4.ssm_init", s4.ssm_init,
-          "is not supported with model.s4.mode='dplr' (the normal plus "
-          "low-rank form exists for HiPPO-LegS only; use ssm_init='legs' or "
-          "mode='diag')")
-  _check_choice("model.s4.discretization", s4.discretization,
-                S4_DISCRETIZATIONS)
-  _check_float("model.s4.dt_min", s4.dt_min, low=0.0, low_open=True)
-  _check_float("model.s4.dt_max", s4.dt_max, low=0.0, low_open=True)
-  if s4.dt_min > s4.dt_max:
-    raise ValueError(
-        f"model.s4.dt_min={s4.dt_min!r} must be <= model.s4.dt_max={s4.dt_max!r}")
-  _check_int("model.s4.l_max", s4.l_max, minimum=1, optional=True)
-  _check_int("model.s4.rank", s4.rank, minimum=1)
-  try:
-    from layers import s4 as s4_layer  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    s4_layer = None
-  if s4_layer is not None and hasattr(s4_layer, "ACTIVATIONS"):
-    _check_choice("model.s4.activation", s4.activation,
-                  tuple(s4_layer.ACTIVATIONS))
-  from kernels import Impl  # pylint: disable=g-import-not-at-top
-  _check_choice("model.s4.impl", s4.impl, tuple(i.value for i in Impl))
-  if s4.impl == Impl.PALLAS.value:
-    import jax  # pylint: disable=g-import-not-at-top
-    if jax.default_backend() == "cpu":
-      _fail("model.s4.impl", s4.impl,
-            "needs a GPU or TPU; on a CPU use 'xla', 'auto' or "
-            "'pallas_interpret'")
 
 
 def validate_config(config: ml_collections.ConfigDict, *,
@@ -162,36 +119,23 @@ def validate_config(config: ml_collections.ConfigDict, *,
   _check_int("model.ff_mult", model.ff_mult, minimum=0)
   if not isinstance(model.prenorm, bool):
     _fail("model.prenorm", model.prenorm, "must be True or False")
-  if model.mixer == "s4":
-    if "s4" not in model:
-      _fail("model.mixer", model.mixer, "needs the sub-config model.s4")
-    _validate_s4(model.s4)
-  if model.mixer == "mamba2":
-    _validate_mamba2(model.mamba2, model.d_model)
-  if model.mixer == "sgconv":
-    _validate_sgconv(model.sgconv)
-    if model.sgconv.channels > 1 and model.output == "none":
-      _fail("model.output", model.output,
-            f"cannot follow model.sgconv.channels={model.sgconv.channels}: the "
-            "mixer then returns channels * d_model features, which the output "
-            "projection ('glu' or 'linear') maps back to d_model")
-    if model.sgconv.l_max is not None and model.sgconv.l_max < data.max_length:
-      _fail("model.sgconv.l_max", model.sgconv.l_max,
-            f"is shorter than data.max_length={data.max_length}: the kernel "
-            "must cover the longest input (None = data.max_length)")
-  _check_mixer_fields(model, registry.MIXERS[model.mixer])
   _check_int("model.dense_rank", model.get("dense_rank"), minimum=1,
              optional=True)
+  for field in ("dtype", "param_dtype"):
+    _check_choice(f"model.{field}", model.get(field, "float32"), DTYPES)
   info = find_task(data.task).info(data)
-  if getattr(info, "output_kind", "class") == "forecast":
+  output_kind = getattr(info, "output_kind", "class")
+  if output_kind == "forecast":
     _validate_forecast(config, info, registry)
-  if getattr(info, "output_kind", "class") == "tokens":
-    sub = model.get(model.mixer)
-    if sub is not None and sub.get("bidirectional"):
-      _fail(f"model.{model.mixer}.bidirectional", True,
-            f"is impossible for data.task={data.task!r}, whose targets are "
-            "predicted at every position from the tokens up to it (a causal "
-            "model)")
+    # A registered mixer in the encoder sees the input window.
+    mixer, max_length = model.informer.get("encoder_mixer"), info.max_length
+  else:
+    mixer = model.mixer
+    max_length = info.max_length + (
+        1 if output_kind == "class" and model.pool == "cls" else 0)
+  if mixer is not None:
+    validate_mixer(config, mixer, max_length=max_length,
+                   causal=output_kind == "tokens")
 
   # optimizer
   optim = config.optim
@@ -211,24 +155,7 @@ def validate_config(config: ml_collections.ConfigDict, *,
              minimum=1)
   _check_int("optim.warmup_steps", optim.warmup_steps, minimum=0)
   for name, group in optim.groups.items():
-    prefix = f"optim.groups.{name}"
-    if not isinstance(group, (ml_collections.ConfigDict, dict)):
-      _fail(prefix, group, "must be a dict(pattern, learning_rate, weight_decay)")
-    unknown = set(group.keys()) - {"pattern", "learning_rate", "weight_decay"}
-    if unknown:
-      raise ValueError(f"{prefix} has unknown fields {sorted(unknown)}; "
-                       "expected pattern, learning_rate, weight_decay")
-    pattern = group.get("pattern")
-    if not isinstance(pattern, str) or not pattern:
-      _fail(f"{prefix}.pattern", pattern, "must be a non-empty regex string")
-    try:
-      re.compile(pattern)
-    except re.error as e:
-      _fail(f"{prefix}.pattern", pattern, f"is not a valid regex ({e})")
-    _check_float(f"{prefix}.learning_rate", group.get("learning_rate"),
-                 low=0.0, low_open=True, optional=True)
-    _check_float(f"{prefix}.weight_decay", group.get("weight_decay"),
-                 low=0.0, optional=True)
+    _check_group(f"optim.groups.{name}", group)
 
   # training
   train = config.train
@@ -297,76 +224,6 @@ def validate_config(config: ml_collections.ConfigDict, *,
               f"(mesh data x fsdp = {shape['data']} x {shape['fsdp']})")
 
 
-def _validate_mamba2(m2: ml_collections.ConfigDict, d_model: int) -> None:
-  for field in ("d_state", "d_conv", "expand", "head_dim", "n_groups",
-                "chunk_size"):
-    _check_int(f"model.mamba2.{field}", m2[field], minimum=1)
-  d_inner = m2.expand * d_model
-  if d_inner % m2.head_dim:
-    _fail("model.mamba2.head_dim", m2.head_dim,
-          f"does not divide the inner width expand * d_model = {m2.expand} * "
-          f"{d_model} = {d_inner}")
-  heads = d_inner // m2.head_dim
-  if heads % m2.n_groups:
-    _fail("model.mamba2.n_groups", m2.n_groups,
-          f"does not divide the {heads} heads (expand * d_model / head_dim)")
-  _check_float("model.mamba2.dt_min", m2.dt_min, low=0.0, low_open=True)
-  _check_float("model.mamba2.dt_max", m2.dt_max, low=0.0, low_open=True)
-  if m2.dt_min > m2.dt_max:
-    raise ValueError(f"model.mamba2.dt_min={m2.dt_min!r} must be <= "
-                     f"model.mamba2.dt_max={m2.dt_max!r}")
-  _check_float("model.mamba2.a_init_min", m2.a_init_min, low=0.0,
-               low_open=True)
-  _check_float("model.mamba2.a_init_max", m2.a_init_max, low=0.0,
-               low_open=True)
-  if m2.a_init_min > m2.a_init_max:
-    raise ValueError(f"model.mamba2.a_init_min={m2.a_init_min!r} must be <= "
-                     f"model.mamba2.a_init_max={m2.a_init_max!r}")
-  from kernels import Impl  # pylint: disable=g-import-not-at-top
-  _check_choice("model.mamba2.impl", m2.impl,
-                (Impl.AUTO.value, Impl.REFERENCE.value, Impl.XLA.value))
-  _check_float("model.mamba2.decay_scale", m2.decay_scale, low=1.0)
-  _check_float("model.mamba2.insert_scale", m2.insert_scale, low=0.0,
-               high=1.0, low_open=True)
-  _check_float("model.mamba2.state_norm", m2.state_norm, low=0.0,
-               low_open=True, optional=True)
-  _check_int("model.mamba2.window", m2.window, minimum=1, optional=True)
-  if m2.window is not None and m2.state_norm is not None:
-    _fail("model.mamba2.window", m2.window,
-          f"cannot be combined with model.mamba2.state_norm={m2.state_norm!r}: "
-          "the state difference is exact only for the linear recurrence")
-
-
-def _validate_sgconv(sg: ml_collections.ConfigDict) -> None:
-  _check_int("model.sgconv.kernel_dim", sg.kernel_dim, minimum=1)
-  _check_int("model.sgconv.n_scales", sg.n_scales, minimum=1, optional=True)
-  _check_float("model.sgconv.decay", sg.decay, low=0.0, low_open=True)
-  _check_int("model.sgconv.channels", sg.channels, minimum=1)
-  _check_int("model.sgconv.l_max", sg.l_max, minimum=1, optional=True)
-  from kernels import Impl  # pylint: disable=g-import-not-at-top
-  from layers import sgconv  # pylint: disable=g-import-not-at-top
-  _check_choice("model.sgconv.impl", sg.impl, tuple(i.value for i in Impl))
-  _check_choice("model.sgconv.activation", sg.activation,
-                tuple(sgconv.ACTIVATIONS))
-
-
-def _check_mixer_fields(model: ml_collections.ConfigDict, mixer_cls,
-                        name: str | None = None) -> None:
-  """``model.<mixer>`` may only set fields the mixer class has."""
-  name = model.mixer if name is None else name
-  sub = model.get(name)
-  if sub is None:
-    return
-  fields = {f.name for f in dataclasses.fields(mixer_cls)} - {
-      "parent", "name", "d_model"}
-  unknown = sorted(set(sub.keys()) - fields)
-  if unknown:
-    raise ValueError(
-        f"model.{name} sets {unknown}, which the {name!r} mixer "
-        f"({mixer_cls.__module__}.{mixer_cls.__name__}) does not have; its "
-        f"fields: {sorted(fields)}")
-
-
 INFORMER_ATTNS = ("prob", "full")
 INFORMER_EMBEDS = ("timeF", "fixed", "learned")
 ETT_FEATURES = ("M", "S", "MS")
@@ -404,8 +261,53 @@ def _validate_forecast(config: ml_collections.ConfigDict, info,
     if inf.encoder_mixer not in registry.MIXERS:
       _fail("model.informer.encoder_mixer", inf.encoder_mixer,
             f"is not a registered mixer (known: {sorted(registry.MIXERS)})")
-    _check_mixer_fields(model, registry.MIXERS[inf.encoder_mixer],
-                        inf.encoder_mixer)
+
+
+GROUP_FIELDS = ("pattern", "learning_rate", "weight_decay")
+
+
+def _check_group(prefix: str, group) -> None:
+  """An optimizer group: ``{pattern, learning_rate, weight_decay}``."""
+  if not isinstance(group, (ml_collections.ConfigDict, dict)):
+    _fail(prefix, group, "must be a dict(pattern, learning_rate, weight_decay)")
+  unknown = set(group.keys()) - set(GROUP_FIELDS)
+  if unknown:
+    raise ValueError(f"{prefix} has unknown fields {sorted(unknown)}; "
+                     "expected pattern, learning_rate, weight_decay")
+  checks.check_regex(f"{prefix}.pattern", group.get("pattern"))
+  _check_float(f"{prefix}.learning_rate", group.get("learning_rate"),
+               low=0.0, low_open=True, optional=True)
+  _check_float(f"{prefix}.weight_decay", group.get("weight_decay"),
+               low=0.0, optional=True)
+
+
+def validate_mixer(config: ml_collections.ConfigDict, name: str, *,
+                   max_length: int | None, causal: bool) -> None:
+  """Checks the mixer ``name``'s fields (``model.<name>``) with the mixer's
+  own validation, and its optimizer groups."""
+  from layers import registry  # pylint: disable=g-import-not-at-top
+  spec = registry.get_spec(name)
+  model = config.model
+  prefix = f"model.{name}"
+  sub = model.get(name)
+  if sub is None:
+    sub = spec.default_config()
+  declared = set(spec.default_config().keys())
+  unknown = sorted(set(sub.keys()) - declared)
+  if unknown:
+    raise ValueError(
+        f"{prefix} sets {unknown}, which the {name!r} mixer "
+        f"({spec.module.__module__}.{spec.module.__name__}) does not have; "
+        f"its fields: {sorted(declared)}")
+  spec.validate(sub, registry.MixerContext(
+      prefix=prefix, d_model=model.d_model, output=model.output,
+      max_length=max_length, causal=causal))
+  for group, fields in spec.optim_groups(sub).items():
+    _check_group(f"{prefix}.{registry.OPTIM_GROUPS}.{group}", fields)
+    if group in config.optim.groups:
+      _fail(f"{prefix}.{registry.OPTIM_GROUPS}.{group}", fields["pattern"],
+            f"names a group that optim.groups.{group} also defines; rename "
+            "one of them")
 
 
 def find_task(name: str):

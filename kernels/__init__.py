@@ -51,3 +51,14 @@ def resolve_impl(impl: "Impl | str", *, has_pallas: bool = True,
   if impl in (Impl.PALLAS, Impl.PALLAS_INTERPRET) and not has_pallas:
     raise ValueError(f"{impl=} requested but this op has no Pallas kernel")
   return impl
+
+
+# Ops that have a Pallas kernel.
+_PALLAS_OPS = ("cauchy", "dplr_kernel", "attention")  # the others: XLA only
+
+
+def supported_impls(op: str) -> tuple[str, ...]:
+  """The ``Impl`` values the kernel ``op`` accepts."""
+  if op in _PALLAS_OPS:
+    return tuple(i.value for i in Impl)
+  return (Impl.AUTO.value, Impl.REFERENCE.value, Impl.XLA.value)

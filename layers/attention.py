@@ -1,9 +1,10 @@
-"""Attention sequence mixers: full softmax attention and linear attention.
+"""Full softmax attention, and what every attention mixer shares.
 
-Both own their query/key/value projections and their output projection
-(``nn.Dense`` named ``query``, ``key``, ``value`` (``d -> h p``) and ``out``
-(``h p -> d``); use the backbone with ``output="none"``). The kernels are in
-``kernels.flash_attention`` and ``kernels.linear_attention``.
+The attention mixers own their query/key/value projections and their output
+projection (``nn.Dense`` named ``query``, ``key``, ``value`` (``d -> h p``) and
+``out`` (``h p -> d``); use the backbone with ``output="none"``). The kernel
+is ``kernels.flash_attention``. Every attention mixer's config starts from
+:func:`attention_config` and its validation from :func:`validate_attention`.
 
 Padding (``mask [b, t]``, True = real token): padded keys never receive
 weight, and the outputs at padded positions are zero.
@@ -13,23 +14,81 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 from jaxtyping import Array, Bool, Float, Int
+from ml_collections import config_dict
 
-from kernels import Impl
+from configs import checks
 from kernels import flash_attention as fa
-from kernels import linear_attention as la
 from layers.dense import FlatDense
-from layers.registry import register_mixer
+from layers.registry import (MixerContext, check_impl, check_module_impl,
+                             register_mixer)
 
 _HI = jax.lax.Precision.HIGHEST
 
 
-def _check_impl(impl):
-  if impl not in [i.value for i in Impl]:
-    raise ValueError(f"impl={impl!r} is not one of {[i.value for i in Impl]}")
+def attention_config(**extra) -> ml_collections.ConfigDict:
+  """The fields every attention mixer has, then ``extra`` (the mixer's own)."""
+  c = ml_collections.ConfigDict()
+  # Heads h.
+  c.n_heads = 4
+  # Head width p; None = d_model / n_heads.
+  c.head_dim = config_dict.placeholder(int)
+  # Queries attend only to keys j <= i.
+  c.causal = False
+  # Dropout on the attention probabilities (training only).
+  c.attn_dropout = 0.0
+  c.update(extra)
+  return c
 
 
-class _QKVOut(nn.Module):
+def validate_attention(c: ml_collections.ConfigDict, ctx: MixerContext, *,
+                       dropout: bool = True) -> None:
+  """Checks the fields of :func:`attention_config`; ``dropout=False`` for a
+  mixer that has no attention probabilities to drop."""
+  f = lambda name: f"{ctx.prefix}.{name}"
+  checks.check_int(f("n_heads"), c.n_heads, minimum=1)
+  checks.check_int(f("head_dim"), c.head_dim, minimum=1, optional=True)
+  if c.head_dim is None and ctx.d_model % c.n_heads:
+    checks.fail(f("n_heads"), c.n_heads,
+                f"does not divide model.d_model={ctx.d_model} (or set "
+                f"{f('head_dim')})")
+  checks.check_bool(f("causal"), c.causal)
+  if ctx.causal and not c.causal:
+    checks.fail(f("causal"), False,
+                "must be True for a task whose targets are predicted at every "
+                "position from the tokens up to it (a causal model)")
+  checks.check_float(f("attn_dropout"), c.attn_dropout, low=0.0, high=1.0,
+                     high_open=True)
+  if not dropout and c.attn_dropout:
+    checks.fail(f("attn_dropout"), c.attn_dropout,
+                "must be 0: this mixer has no attention probabilities to drop")
+
+
+def config() -> ml_collections.ConfigDict:
+  """``model.attention``: the fields of :class:`Attention`."""
+  return attention_config(
+      # "xla" picks the dense form when the score array is small and the
+      # blocked (memory-efficient) form otherwise; "reference" is dense;
+      # "pallas" the Pallas kernels (Triton on GPU, Mosaic on TPU; "auto"
+      # keeps the XLA form until they have run natively).
+      impl="auto",
+      # Query and key blocks of the blocked or Pallas form; None = that
+      # form's defaults.
+      block_q=config_dict.placeholder(int),
+      block_k=config_dict.placeholder(int))
+
+
+def validate(c: ml_collections.ConfigDict, ctx: MixerContext) -> None:
+  """Checks ``model.attention`` (``ctx.prefix``) before anything is built."""
+  validate_attention(c, ctx)
+  check_impl(f"{ctx.prefix}.impl", c.impl, "attention")
+  for name in ("block_q", "block_k"):
+    checks.check_int(f"{ctx.prefix}.{name}", c[name], minimum=1,
+                     optional=True)
+
+
+class QKVProjections(nn.Module):
   """Shared parts: head sizes, the four projections, input checks."""
   d_model: int
   n_heads: int = 4
@@ -85,8 +144,8 @@ class _QKVOut(nn.Module):
     return out
 
 
-@register_mixer("attention")
-class Attention(_QKVOut):
+@register_mixer("attention", config=config, validate=validate)
+class Attention(QKVProjections):
   """Multi-head softmax attention (Vaswani et al. 2017, Sec. 3.2).
 
   ``out = concat_i softmax(Q_i K_i^T / sqrt(p)) V_i W_O`` with
@@ -121,7 +180,7 @@ class Attention(_QKVOut):
       segment_ids: Int[Array, "b t"] | None = None,
   ) -> Float[Array, "b t d"]:
     self._validate_heads()
-    _check_impl(self.impl)
+    check_module_impl(self.impl, "attention")
     if not 0.0 <= self.attn_dropout < 1.0:
       raise ValueError(f"attn_dropout={self.attn_dropout} must be in [0, 1)")
     self._check_input(x, mask)
@@ -158,100 +217,3 @@ class Attention(_QKVOut):
     probs = nn.Dropout(self.attn_dropout)(probs, deterministic=False)
     y = jnp.einsum("bhts,bshp->bthp", probs, f32(v), precision=_HI)
     return y.astype(q.dtype)
-
-
-FEATURE_MAPS = {
-    # Katharopoulos et al. 2020, eq. 7 (and the official elu_feature_map).
-    "elu": lambda x: jax.nn.elu(x) + 1.0,
-    # A non-negative map often used in ablations; can give zero features
-    # (then only eps keeps the denominator positive).
-    "relu": jax.nn.relu,
-}
-
-
-@register_mixer("linear_attention")
-class LinearAttention(_QKVOut):
-  """Linear attention (Katharopoulos et al. 2020, "Transformers are RNNs").
-
-  ``out_t = phi(q_t)^T S_t / (phi(q_t) . z_t + eps)`` with
-  ``S_t = sum_{j <= t} phi(k_j) v_j^T`` and ``z_t = sum_{j <= t} phi(k_j)``
-  (``causal``; otherwise sums over the whole sequence), per head, then the
-  output projection. Params as ``Attention`` (``query``, ``key``, ``value``,
-  ``out``); no ``1/sqrt(p)`` scaling (the official code applies the feature
-  map to the raw projections).
-
-  Fields: ``feature_map`` ``"elu"`` (``elu(x) + 1``, the paper's and the
-  official default) or ``"relu"``; ``chunk_size`` (chunked kernel); ``eps``
-  (denominator, official 1e-6); ``impl`` ("auto"/"xla" chunked,
-  "reference" recurrent); ``attn_dropout`` must be 0 (there are no
-  attention probabilities to drop).
-
-  Padding: ``phi(k)`` is zeroed at padded positions, so they add nothing to
-  the state (as the official ``key_lengths`` masking).
-
-  Decode (``decode=True``, needs ``causal=True``): the ``"cache"`` collection
-  holds ``S [b, h, p, p]``, ``z [b, h, p]`` (float32) and ``index`` (int32,
-  positions consumed). A call with ``t = 1`` is one recurrence step, with
-  ``t > 1`` the chunked form started from the cached state.
-  """
-  causal: bool = False
-  attn_dropout: float = 0.0
-  feature_map: str = "elu"
-  chunk_size: int = 64
-  eps: float = 1e-6
-  impl: str = "auto"
-  decode: bool = False
-
-  @nn.compact
-  def __call__(
-      self,
-      x: Float[Array, "b t d"],
-      mask: Bool[Array, "b t"] | None = None,
-      *,
-      deterministic: bool = True,
-  ) -> Float[Array, "b t d"]:
-    del deterministic
-    self._validate_heads()
-    _check_impl(self.impl)
-    if self.feature_map not in FEATURE_MAPS:
-      raise ValueError(f"feature_map={self.feature_map!r} is not one of "
-                       f"{sorted(FEATURE_MAPS)}")
-    if self.attn_dropout:
-      raise ValueError(f"attn_dropout={self.attn_dropout}: linear attention "
-                       "has no attention probabilities; set it to 0")
-    if self.decode and not self.causal:
-      raise ValueError("decode=True needs causal=True")
-    self._check_input(x, mask)
-    b, t, _ = x.shape
-    h, p = self.n_heads, self.p
-    q, k, v = self._project_qkv(x)
-    phi = FEATURE_MAPS[self.feature_map]
-    q = phi(q.astype(jnp.float32))
-    k = phi(k.astype(jnp.float32))
-    if mask is not None:
-      k = jnp.where(mask[..., None, None], k, 0.0)
-    kw = dict(causal=self.causal, chunk_size=self.chunk_size, eps=self.eps)
-    if not self.decode:
-      y, _ = la.linear_attention(q, k, v, impl=self.impl, **kw)
-      return self._project_out(y, mask)
-
-    is_initialized = self.has_variable("cache", "S")
-    zeros = lambda *shape: jnp.zeros(shape, jnp.float32)
-    S = self.variable("cache", "S", zeros, b, h, p, p)
-    z = self.variable("cache", "z", zeros, b, h, p)
-    index = self.variable("cache", "index",
-                          lambda: jnp.zeros((), jnp.int32))
-    if S.value.shape != (b, h, p, p):
-      raise ValueError(f"cache S has shape {S.value.shape}; this call needs "
-                       f"{(b, h, p, p)}")
-    state = (S.value, z.value)
-    if t == 1:
-      y, state = la.linear_attention_recurrent(q, k, v, initial_state=state,
-                                               **kw)
-    else:
-      y, state = la.linear_attention(q, k, v, initial_state=state,
-                                     impl=self.impl, **kw)
-    if is_initialized:  # init only creates the (empty) cache
-      S.value, z.value = state
-      index.value = index.value + t
-    return self._project_out(y, mask)

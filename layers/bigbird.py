@@ -10,15 +10,36 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+import ml_collections
 from jaxtyping import Array, Bool, Float
 
 from kernels import Impl
 from kernels import block_sparse_attention as bsa
+from configs import checks
+from layers.attention import attention_config, validate_attention
 from layers.longformer import head_dense
-from layers.registry import register_mixer
+from layers.registry import MixerContext, check_impl, register_mixer
 
 
-@register_mixer("bigbird")
+def config() -> ml_collections.ConfigDict:
+  """``model.bigbird``: the fields of :class:`BigBird` (ITC)."""
+  # Block size, random blocks per query block (drawn once from seed), global
+  # blocks at the start and at the end; impl of the block-sparse kernel.
+  return attention_config(block_size=64, num_rand_blocks=3, global_left=1,
+                          global_right=1, seed=0, impl="auto")
+
+
+def validate(c: ml_collections.ConfigDict, ctx: MixerContext) -> None:
+  """Checks ``model.bigbird`` (``ctx.prefix``) before anything is built."""
+  f = lambda name: f"{ctx.prefix}.{name}"
+  validate_attention(c, ctx)
+  checks.check_int(f("block_size"), c.block_size, minimum=1)
+  for name in ("num_rand_blocks", "global_left", "global_right", "seed"):
+    checks.check_int(f(name), c[name], minimum=0)
+  check_impl(f("impl"), c.impl, "bigbird_attention")
+
+
+@register_mixer("bigbird", config=config, validate=validate)
 class BigBird(nn.Module):
   """BigBird ITC attention: ``out(softmax_A(Q K^T / sqrt(p)) V)`` per head.
 

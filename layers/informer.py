@@ -1,13 +1,12 @@
-"""Informer building blocks (Flax Linen) and the ProbSparse attention mixer.
+"""Informer building blocks (Flax Linen).
 
 Zhou et al., "Informer: Beyond Efficient Transformer for Long Sequence
 Time-Series Forecasting" (AAAI 2021). The modules follow the official code
 (github.com/zhouhaoyi/Informer2020, ``models/attn.py``, ``encoder.py``,
 ``decoder.py``, ``embed.py``) in semantics:
 
-  * :class:`ProbSparseAttention` (mixer ``"probsparse"``) = ``AttentionLayer``
-    around ``ProbAttention`` (``attention="prob"``) or ``FullAttention``
-    (``"full"``): Q/K/V/out projections, optional ``mix`` of heads and lengths.
+  * the attention layer, :class:`layers.probsparse.ProbSparseAttention` (the
+    mixer ``"probsparse"``);
   * :class:`DataEmbedding`: circular Conv1d token embedding + sinusoidal
     positions + time-feature Linear (``embed="timeF"``) or fixed/learned
     calendar embeddings (``"fixed"``/``"learned"``), then dropout.
@@ -40,87 +39,15 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float
 
-from kernels import probsparse as ps_ops
 from layers.activations import gelu_exact
-from layers.dense import FlatDense
-from layers.registry import get_mixer, register_mixer
+from layers.probsparse import ProbSparseAttention
+from layers.registry import get_mixer
+from layers.torch_defaults import (HashDropout, kaiming_normal_init,
+                                   torch_bias_init, torch_default_init,
+                                   torch_dense)
 
-ATTENTIONS = ("prob", "full")
 EMBEDS = ("timeF", "fixed", "learned")
 ACTIVATIONS = ("gelu", "relu")
-SAMPLE_RNG = "sample"
-
-# torch.nn.Linear / Conv1d default weight init, kaiming_uniform(a=sqrt(5)):
-# U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (flax's fan_in includes the kernel taps).
-torch_default_init = nn.initializers.variance_scaling(1 / 3, "fan_in",
-                                                      "uniform")
-# torch kaiming_normal_(mode="fan_in", nonlinearity="leaky_relu", a=0).
-kaiming_normal_init = nn.initializers.variance_scaling(2.0, "fan_in",
-                                                       "normal")
-
-
-def torch_bias_init(fan_in: int):
-  """torch's default bias init ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``."""
-  bound = 1.0 / math.sqrt(fan_in)
-
-  def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-  return init
-
-
-def torch_dense(features: int, fan_in: int, axes: tuple, name: str,
-                dtype: Any, param_dtype: Any, use_bias: bool = True) -> nn.Dense:
-  """``nn.Dense`` initialised as ``torch.nn.Linear(fan_in, features)``."""
-  return FlatDense(
-      features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
-      kernel_init=nn.with_logical_partitioning(torch_default_init, axes),
-      bias_init=nn.with_logical_partitioning(torch_bias_init(fan_in),
-                                             axes[1:]),
-      name=name)
-
-
-def _fmix32(h):
-  """murmur3's 32-bit finaliser (an avalanching bijection of uint32)."""
-  h = h ^ (h >> 16)
-  h = h * jnp.uint32(0x85EBCA6B)
-  h = h ^ (h >> 13)
-  h = h * jnp.uint32(0xC2B2AE35)
-  return h ^ (h >> 16)
-
-
-class HashDropout(nn.Module):
-  """Dropout whose mask is a counter-based hash of the element index.
-
-  Same semantics as ``nn.Dropout`` (zero with probability ``rate``, scale the
-  rest by ``1 / (1 - rate)``; identity when ``deterministic``), but the mask
-  bits are ``fmix32(fmix32(i * phi + s0) ^ s1)`` for flat element index ``i``
-  and a 64-bit seed ``(s0, s1)`` drawn from the ``"dropout"`` rng per call,
-  instead of threefry bits per element: on XLA:CPU generating threefry bits
-  for the Informer's activations cost about 0.4 s of a 3 s training step
-  (Bernoulli of 6.3M elements: 60-160 ms threefry/rbg, 1 ms hashed). The
-  probability is quantised to multiples of ``2^-32``.
-  """
-  rate: float
-  rng_collection: str = "dropout"
-
-  @nn.compact
-  def __call__(self, x, *, deterministic: bool = True):
-    if self.rate == 0.0 or deterministic:
-      return x
-    if self.rate >= 1.0:
-      return jnp.zeros_like(x)
-    if x.size >= 2**32:
-      raise ValueError(f"HashDropout indexes elements with uint32; got "
-                       f"{x.size=}")
-    seed = jax.random.bits(self.make_rng(self.rng_collection), (2,),
-                           jnp.uint32)
-    i = jax.lax.iota(jnp.uint32, x.size).reshape(x.shape)
-    h = _fmix32(_fmix32(i * jnp.uint32(0x9E3779B9) + seed[0]) ^ seed[1])
-    keep = h >= jnp.uint32(min(int(round(self.rate * 2**32)), 2**32 - 1))
-    return jnp.where(keep, x / jnp.asarray(1.0 - self.rate, x.dtype),
-                     jnp.zeros((), x.dtype))
-
 
 def activation_fn(name: str):
   if name == "gelu":
@@ -136,137 +63,6 @@ def layer_norm(name: str, dtype: Any, param_dtype: Any) -> nn.LayerNorm:
 
 
 # ------------------------------------------------------------------ attention
-def full_attention(q, k, v, *, causal, kv_mask, scale, dropout_fn):
-  """Official ``FullAttention``: softmax(scale q k^T) v, triangular mask when
-  ``causal``; ``dropout_fn`` acts on the probabilities. ``[b, t, h, p]``."""
-  b, t, h, p = q.shape
-  s = k.shape[1]
-  scale = 1.0 / math.sqrt(p) if scale is None else scale
-  scores = jnp.einsum("bthp,bshp->bhts", q, k) * scale
-  allowed = None
-  if kv_mask is not None:
-    allowed = jnp.broadcast_to(kv_mask[:, None, None, :], (b, 1, 1, s))
-  if causal:
-    c = (jnp.arange(s)[None, :] <= jnp.arange(t)[:, None])[None, None]
-    allowed = c if allowed is None else allowed & c
-  if allowed is not None:
-    scores = jnp.where(allowed, scores, -1e30)
-  attn = dropout_fn(jax.nn.softmax(scores.astype(jnp.float32), axis=-1))
-  return jnp.einsum("bhts,bshv->bthv", attn.astype(v.dtype), v)
-
-
-@register_mixer("probsparse")
-class ProbSparseAttention(nn.Module):
-  """Informer attention layer (official ``AttentionLayer``), a sequence mixer.
-
-  ``out = W_o mix(Attn(W_q x, W_k c, W_v c))`` with ``c = x`` (self-attention)
-  or ``c = context`` (cross-attention). ``Attn`` is ProbSparse attention
-  (``kernels.probsparse``; ``attention="prob"``) or full softmax attention
-  (``"full"``). ``mix=True`` reproduces the official ``out.transpose(2, 1)``
-  before flattening heads: the ``[b, t, h, p]`` attention output is read as
-  ``[b, h, t, p]`` memory and reshaped to ``[b, t, h p]`` (mixing heads and
-  positions; the official decoder self-attention uses it).
-
-  Paper symbols -> fields: ``c`` (sampling factor) ``factor``; ``u = c ln
-  L_Q`` and ``U = c ln L_K`` are computed from it. The key sample is drawn
-  from the ``"sample"`` rng on every call (also at evaluation, as the official
-  code draws it on every forward): pass ``rngs={"sample": key}``. The drawn
-  indices are sown as ``intermediates/index_sample``.
-
-  Dropout: ``attn_dropout`` on full attention's probabilities (rng
-  ``"dropout"``); the official ProbAttention owns a dropout it never applies,
-  so ProbSparse attention has none.
-
-  Padding (``mask [b, t]``, True = real): padded keys never receive weight,
-  samples come from real keys, padded queries are never active, and padded
-  output rows are zero. ProbSparse shapes depend on the padded length via
-  ``ceil(ln t)``, so appending padding leaves real outputs unchanged as long
-  as ``ceil(ln t)`` does not change (and then exactly, for the same rng).
-  """
-  d_model: int
-  n_heads: int = 4
-  head_dim: int | None = None
-  causal: bool = False
-  attn_dropout: float = 0.0
-  factor: int = 5
-  mix: bool = False
-  attention: str = "prob"
-  impl: str = "auto"
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(
-      self,
-      x: Float[Array, "b t d"],
-      mask: Bool[Array, "b t"] | None = None,
-      *,
-      deterministic: bool = True,
-      context: Float[Array, "b s d"] | None = None,
-      context_mask: Bool[Array, "b s"] | None = None,
-      last_rows: int | None = None,
-  ) -> Float[Array, "b t d"]:
-    """Self-attention of ``x``, or cross-attention to ``context``.
-
-    ``last_rows``: return only the last rows ``[b, last_rows, d]`` (the out
-    projection runs on those alone), for callers that discard the others.
-    """
-    if self.attention not in ATTENTIONS:
-      raise ValueError(f"attention={self.attention!r} is not one of "
-                       f"{ATTENTIONS}")
-    h = self.n_heads
-    p = self.head_dim or self.d_model // h
-    d = self.d_model
-    b, t, _ = x.shape
-    if context is None:
-      context, kv_mask, q_mask = x, mask, mask
-    else:
-      kv_mask, q_mask = context_mask, mask
-    s = context.shape[1]
-
-    def proj(name, inp):
-      return torch_dense(h * p, d, ("embed", "heads"), name, self.dtype,
-                         self.param_dtype)(inp)
-
-    q = proj("query", x).reshape(b, t, h, p)
-    k = proj("key", context).reshape(b, s, h, p)
-    v = proj("value", context).reshape(b, s, h, p)
-    if self.attention == "prob":
-      if not self.has_rng(SAMPLE_RNG):
-        raise ValueError(
-            "ProbSparse attention samples keys on every call: pass an rng "
-            f"named {SAMPLE_RNG!r}, e.g. apply(..., rngs={{'{SAMPLE_RNG}': "
-            "key}) (also at evaluation)")
-      idx = ps_ops.probsparse_sample(self.make_rng(SAMPLE_RNG), t, s,
-                                     self.factor, kv_mask)
-      self.sow("intermediates", "index_sample", idx)
-      out, _ = ps_ops.probsparse_attention(
-          q, k, v, factor=self.factor, causal=self.causal, index_sample=idx,
-          kv_mask=kv_mask, q_mask=q_mask, impl=self.impl)
-    else:
-      drop = HashDropout(self.attn_dropout)
-
-      def dropout_fn(a):
-        if self.attn_dropout == 0.0 or deterministic:
-          return a
-        return drop(a, deterministic=False)
-
-      out = full_attention(q, k, v, causal=self.causal, kv_mask=kv_mask,
-                           scale=None, dropout_fn=dropout_fn)
-    out = out.astype(self.dtype)
-    if self.mix:
-      out = jnp.swapaxes(out, 1, 2)  # [b, h, t, p] memory read as [b, t, h p]
-    out = out.reshape(b, t, h * p)
-    if last_rows is not None:
-      out = out[:, t - last_rows:]
-      mask = None if mask is None else mask[:, t - last_rows:]
-    y = torch_dense(d, h * p, ("heads", "embed"), "out", self.dtype,
-                    self.param_dtype)(out)
-    if mask is not None:
-      y = jnp.where(mask[..., None], y, 0.0)
-    return y
-
-
 # ------------------------------------------------------------------ embedding
 def sinusoid_table(n: int, d: int) -> np.ndarray:
   """``[n, d]``: ``sin(pos w_i)`` at even, ``cos(pos w_i)`` at odd columns,
@@ -427,8 +223,8 @@ class EncoderLayer(nn.Module):
   """Official ``EncoderLayer``: ``x = norm1(x + drop(attn(x)))``,
   ``norm2(x + ffn(x))``. The attention is :class:`ProbSparseAttention`
   (``attention``, ``mix=False``), or any registered mixer when ``mixer`` is
-  set: ``get_mixer(mixer)(d_model=..., **mixer_kwargs)(x, mask,
-  deterministic=...)``."""
+  set: ``get_mixer(mixer)(d_model=..., **mixer_kwargs, dtype=...,
+  param_dtype=..., name="mixer")(x, mask, deterministic=...)``."""
   d_model: int
   n_heads: int = 8
   d_ff: int = 2048
@@ -450,9 +246,12 @@ class EncoderLayer(nn.Module):
           attention=self.attention, dtype=self.dtype,
           param_dtype=self.param_dtype, name="attention")
     else:
+      # Named "mixer" as in every model, so that the mixer's optimizer
+      # groups ((^|/)mixer/...) find its parameters.
       attn = get_mixer(self.mixer)(d_model=self.d_model,
                                    **dict(self.mixer_kwargs or {}),
-                                   name="attention")
+                                   dtype=self.dtype,
+                                   param_dtype=self.param_dtype, name="mixer")
     drop = HashDropout(self.dropout)
     x = x + drop(attn(x, mask, deterministic=deterministic),
                  deterministic=deterministic)

@@ -19,12 +19,15 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 from jaxtyping import Array, Bool, Float
+from ml_collections import config_dict
 
-from kernels import Impl
+from configs import checks
 from kernels import flash_attention as fa
+from layers.attention import attention_config, validate_attention
 from layers.dense import FlatDense
-from layers.registry import register_mixer
+from layers.registry import MixerContext, check_module_impl, register_mixer
 
 # Paper Sec. 4 ("Additional Efficiency Techniques"):
 #   none      -- E_i, F_i per head (the paper's general form);
@@ -135,7 +138,41 @@ class LinformerProjection(nn.Module):
                       self.param_dtype)
 
 
-@register_mixer("linformer")
+def config() -> ml_collections.ConfigDict:
+  """``model.linformer``: the fields of :class:`Linformer`."""
+  return attention_config(
+      # Keys and values are projected along the length, max_length -> k
+      # (None = the task's maximum length).
+      max_length=config_dict.placeholder(int), k=256,
+      # "none", "headwise", "kv" or "layerwise" (one projection for every
+      # layer).
+      sharing="headwise")
+
+
+def validate(c: ml_collections.ConfigDict, ctx: MixerContext) -> None:
+  """Checks ``model.linformer`` (``ctx.prefix``) before anything is built."""
+  f = lambda name: f"{ctx.prefix}.{name}"
+  if c.causal:
+    checks.fail(f("causal"), True,
+                "is not supported by Linformer (the length projection mixes "
+                "every position into every key)")
+  validate_attention(c, ctx)
+  checks.check_int(f("max_length"), c.max_length, minimum=1, optional=True)
+  if (c.max_length is not None and ctx.max_length is not None
+      and c.max_length < ctx.max_length):
+    checks.fail(f("max_length"), c.max_length,
+                f"is shorter than the task's longest input ({ctx.max_length} "
+                "positions; None = that length)")
+  checks.check_int(f("k"), c.k, minimum=1)
+  checks.check_choice(f("sharing"), c.sharing, SHARING)
+
+
+def _shared(d_model: int, **fields) -> nn.Module | None:
+  return Linformer.shared_module(d_model, **fields)
+
+
+@register_mixer("linformer", config=config, validate=validate,
+                length_field="max_length", shared=_shared)
 class Linformer(nn.Module):
   """Multi-head Linformer self-attention with its Q/K/V and output projections.
 
@@ -234,9 +271,7 @@ class Linformer(nn.Module):
                        f"n_heads={self.n_heads}; set head_dim")
     if not 0.0 <= self.attn_dropout < 1.0:
       raise ValueError(f"attn_dropout={self.attn_dropout} must be in [0, 1)")
-    if self.impl not in [i.value for i in Impl]:
-      raise ValueError(
-          f"impl={self.impl!r} is not one of {[i.value for i in Impl]}")
+    check_module_impl(self.impl, "attention")
 
   def _dense(self, features, init, axes, name):
     return FlatDense(

@@ -11,12 +11,33 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+import ml_collections
 from jaxtyping import Array, Bool, Float
 
 from kernels import Impl
 from kernels import block_sparse_attention as bsa
+from configs import checks
+from layers.attention import attention_config, validate_attention
 from layers.dense import FlatDense
-from layers.registry import register_mixer
+from layers.registry import MixerContext, check_impl, register_mixer
+
+
+def config() -> ml_collections.ConfigDict:
+  """``model.longformer``: the fields of :class:`Longformer`."""
+  # One-sided window w, its dilation, the first global_tokens positions
+  # global (attend to and attended by all); impl of the block-sparse kernel.
+  return attention_config(window=256, dilation=1, global_tokens=0,
+                          impl="auto")
+
+
+def validate(c: ml_collections.ConfigDict, ctx: MixerContext) -> None:
+  """Checks ``model.longformer`` (``ctx.prefix``) before anything is built."""
+  f = lambda name: f"{ctx.prefix}.{name}"
+  validate_attention(c, ctx)
+  checks.check_int(f("window"), c.window, minimum=1)
+  checks.check_int(f("dilation"), c.dilation, minimum=1)
+  checks.check_int(f("global_tokens"), c.global_tokens, minimum=0)
+  check_impl(f("impl"), c.impl, "longformer_attention")
 
 
 def head_dense(features: int, name: str, dtype: Any, param_dtype: Any,
@@ -31,7 +52,7 @@ def head_dense(features: int, name: str, dtype: Any, param_dtype: Any,
           nn.initializers.zeros_init(), axes[1:]))
 
 
-@register_mixer("longformer")
+@register_mixer("longformer", config=config, validate=validate)
 class Longformer(nn.Module):
   """Longformer attention: ``out(softmax_A(Q K^T / sqrt(p)) V)`` per head.
 

@@ -18,11 +18,14 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from jaxtyping import Array, Float
 
+from configs import checks
+from layers import attention
 from layers.attention import Attention
-from layers.registry import register_mixer
+from layers.registry import MixerContext, register_mixer
 
 # The dense layers of a transformer stack: the attention mixer's projections
 # and the backbone's output / feed-forward layers (models/backbone.py names).
@@ -69,7 +72,23 @@ class LowRankDense(nn.Module):
     return y
 
 
-@register_mixer("lowrank")
+def config() -> ml_collections.ConfigDict:
+  """``model.lowrank``: the fields of :class:`LowRankAttention`, the
+  ``attention`` mixer's and ``rank``."""
+  c = attention.config()
+  # Rank r of every projection, E [d, r] then D [r, d]; see also
+  # model.dense_rank for the backbone's dense layers.
+  c.rank = 64
+  return c
+
+
+def validate(c: ml_collections.ConfigDict, ctx: MixerContext) -> None:
+  """Checks ``model.lowrank`` (``ctx.prefix``) before anything is built."""
+  attention.validate(c, ctx)
+  checks.check_int(f"{ctx.prefix}.rank", c.rank, minimum=1)
+
+
+@register_mixer("lowrank", config=config, validate=validate)
 class LowRankAttention(Attention):
   """Low-Rank Transformer multi-head attention (LRT's "LRMHA").
 

@@ -12,17 +12,20 @@ RNN-Based Long-Context Modeling" (arXiv 2410.07145), training-free methods
 applied at inference to a trained model (see ``Mamba2``).
 """
 import math
-from typing import Any, ClassVar
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from jaxtyping import Array, Bool, Float
+from ml_collections import config_dict
 
-from kernels import Impl
+from configs import checks
+from kernels import Impl, supported_impls
 from kernels import ssd as ssd_ops
-from layers.registry import register_mixer
+from layers.registry import MixerContext, check_impl, register_mixer
 
 _HI = jax.lax.Precision.HIGHEST  # as kernels.ssd: no TF32 in the recurrence
 
@@ -102,7 +105,92 @@ class GatedRMSNorm(nn.Module):
     return y * scale.astype(jnp.float32)[None, None, :]
 
 
-@register_mixer("mamba2")
+# Parameters without weight decay (official: ``_no_weight_decay`` on A_log, D,
+# dt_bias).
+NO_DECAY_PATTERN = r"(^|/)mixer/(A_log|D|dt_bias)$"
+
+
+def config() -> ml_collections.ConfigDict:
+  """``model.mamba2``: the fields of :class:`Mamba2`; the defaults are the
+  official Mamba2 module's."""
+  c = ml_collections.ConfigDict()
+  # State size N per head.
+  c.d_state = 128
+  # Width of the depthwise causal convolution.
+  c.d_conv = 4
+  # Inner width = expand * d_model.
+  c.expand = 2
+  # Head dimension P (heads = expand * d_model / head_dim).
+  c.head_dim = 64
+  # Groups sharing B and C (heads per group = heads / n_groups).
+  c.n_groups = 1
+  # Chunk length of the chunked SSD scan (any length works).
+  c.chunk_size = 256
+  # Range of the log-uniform initial step size dt.
+  c.dt_min = 1e-3
+  c.dt_max = 1e-1
+  # Range of the uniform initial -A (A = -exp(A_log)).
+  c.a_init_min = 1.0
+  c.a_init_max = 16.0
+  # SSD implementation: "auto" | "reference" (sequential scan) | "xla"
+  # (chunked).
+  c.impl = "auto"
+  # State-collapse mitigations (Stuffed Mamba), training-free switches:
+  # decay alpha_t -> alpha_t ** decay_scale (>= 1: forget more);
+  c.decay_scale = 1.0
+  # inserted term B_t -> insert_scale * B_t (<= 1: remember less);
+  c.insert_scale = 1.0
+  # rescale the state after every update so its norm stays bounded (None =
+  # off; sequential scan only);
+  c.state_norm = config_dict.placeholder(float)
+  # keep only the last `window` tokens in the state, by state difference
+  # (None = off).
+  c.window = config_dict.placeholder(int)
+  # Optimizer groups (layers/registry.py): A_log, D and dt_bias without
+  # weight decay, as the official code.
+  c.optim_groups = ml_collections.ConfigDict()
+  c.optim_groups.ssm = ml_collections.ConfigDict(dict(
+      pattern=NO_DECAY_PATTERN,
+      learning_rate=config_dict.placeholder(float),
+      weight_decay=config_dict.FieldReference(0.0, field_type=float)))
+  return c
+
+
+def validate(c: ml_collections.ConfigDict, ctx: MixerContext) -> None:
+  """Checks ``model.mamba2`` (``ctx.prefix``) before anything is built."""
+  f = lambda name: f"{ctx.prefix}.{name}"
+  for name in ("d_state", "d_conv", "expand", "head_dim", "n_groups",
+               "chunk_size"):
+    checks.check_int(f(name), c[name], minimum=1)
+  d_inner = c.expand * ctx.d_model
+  if d_inner % c.head_dim:
+    checks.fail(f("head_dim"), c.head_dim,
+                f"does not divide the inner width expand * d_model = "
+                f"{c.expand} * {ctx.d_model} = {d_inner}")
+  heads = d_inner // c.head_dim
+  if heads % c.n_groups:
+    checks.fail(f("n_groups"), c.n_groups,
+                f"does not divide the {heads} heads (expand * d_model / "
+                "head_dim)")
+  for low, high in (("dt_min", "dt_max"), ("a_init_min", "a_init_max")):
+    checks.check_float(f(low), c[low], low=0.0, low_open=True)
+    checks.check_float(f(high), c[high], low=0.0, low_open=True)
+    if c[low] > c[high]:
+      raise ValueError(f"{f(low)}={c[low]!r} must be <= {f(high)}={c[high]!r}")
+  check_impl(f("impl"), c.impl, "ssd")
+  checks.check_float(f("decay_scale"), c.decay_scale, low=1.0)
+  checks.check_float(f("insert_scale"), c.insert_scale, low=0.0, high=1.0,
+                     low_open=True)
+  checks.check_float(f("state_norm"), c.state_norm, low=0.0, low_open=True,
+                     optional=True)
+  checks.check_int(f("window"), c.window, minimum=1, optional=True)
+  if c.window is not None and c.state_norm is not None:
+    checks.fail(f("window"), c.window,
+                f"cannot be combined with {f('state_norm')}={c.state_norm!r}: "
+                "the state difference is exact only for the linear recurrence")
+
+
+@register_mixer("mamba2", config=config, validate=validate)
 class Mamba2(nn.Module):
   """Mamba-2 block: in_proj, causal conv, SSD scan, gated RMSNorm, out_proj.
 
@@ -129,8 +217,8 @@ class Mamba2(nn.Module):
   norm scale 1; dense
   and conv weights as torch's defaults (``U(+-1/sqrt(fan_in))``; the official
   LM additionally divides out_proj by ``sqrt(n_layer)``, which is the model's
-  business). dt_bias, A_log and D take no weight decay (``NO_WEIGHT_DECAY``,
-  matched by the optimizer as ``(^|/)mixer/(A_log|D|dt_bias)$``).
+  business). dt_bias, A_log and D take no weight decay (the ``ssm``
+  optimizer group of :func:`config`, ``NO_DECAY_PATTERN``).
 
   Padding: ``mask`` (True = real token) zeroes the conv inputs and sets
   ``x = 0``, ``dt = 0`` at padded positions: such a step is the identity on
@@ -180,10 +268,6 @@ class Mamba2(nn.Module):
   with a window, t > 1 on an empty cache prefills with the chunked form, and
   otherwise steps token by token.
   """
-  # Parameters without weight decay (official: ``_no_weight_decay`` on
-  # A_log, D, dt_bias); the trainer adds them to the no-decay group.
-  NO_WEIGHT_DECAY: ClassVar[tuple[str, ...]] = ("A_log", "D", "dt_bias")
-
   d_model: int
   d_state: int = 128
   d_conv: int = 4
@@ -240,9 +324,9 @@ class Mamba2(nn.Module):
     if not 0 < self.a_init_min <= self.a_init_max:
       raise ValueError(f"need 0 < a_init_min <= a_init_max; got "
                        f"{self.a_init_min=} {self.a_init_max=}")
-    if self.impl not in [i.value for i in Impl]:
+    if self.impl not in supported_impls("ssd"):
       raise ValueError(
-          f"impl={self.impl!r} is not one of {[i.value for i in Impl]}")
+          f"impl={self.impl!r} is not one of {supported_impls('ssd')}")
     if not self.decay_scale >= 1:
       raise ValueError(f"decay_scale={self.decay_scale} must be >= 1 "
                        "(alpha^lambda with lambda >= 1 forgets more)")

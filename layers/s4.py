@@ -13,13 +13,17 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import ml_collections
 from jaxtyping import Array, Bool, Complex, Float
+from ml_collections import config_dict
 
+from configs import checks
 from kernels import Impl, dplr, hippo
 from kernels.fftconv import fftconv
 from kernels.vandermonde import DISCRETIZATIONS, discretize_diag, s4d_kernel
 from layers.activations import gelu_exact
-from layers.registry import register_mixer
+from layers.registry import (CAUSAL_TASK, MixerContext, check_impl,
+                             register_mixer)
 
 MODES = ("dplr", "diag")
 INITS = ("legs", "lin", "inv")
@@ -29,6 +33,78 @@ ACTIVATIONS = {
     "silu": jax.nn.silu,
     "none": lambda x: x,
 }
+
+
+# The S4 reference training code gives the SSM parameters (dt, A, B, P) their
+# own learning rate and no weight decay (state-spaces/s4,
+# src/models/sequence/kernels/kernel.py `register`, and
+# configs/model/layer/s4.yaml `lr: {dt, A, B}: 0.001`, `wd: 0`).
+SSM_PARAMS_PATTERN = r"(^|/)mixer/(log_dt|A_real|A_imag|P|B)$"
+
+
+def config() -> ml_collections.ConfigDict:
+  """``model.s4``: the fields of :class:`S4`."""
+  c = ml_collections.ConfigDict()
+  # State size N per channel (even: the states come in conjugate pairs).
+  c.d_state = 64
+  # "dplr": S4 diagonal plus low rank (HiPPO-LegS NPLR); "diag": S4D.
+  c.mode = "dplr"
+  # State matrix init: "legs" (HiPPO-LegS; required by dplr), "lin", "inv".
+  c.ssm_init = "legs"
+  # True: a second kernel runs backwards in time (non-causal tasks).
+  c.bidirectional = False
+  # Diagonal (S4D) discretisation: "zoh" or "bilinear"; dplr is always bilinear.
+  c.discretization = "zoh"
+  # Range of the log-uniform initial step size dt.
+  c.dt_min = 1e-3
+  c.dt_max = 1e-1
+  # Kernel length; None means the task's maximum sequence length.
+  c.l_max = config_dict.placeholder(int)
+  # Rank of the low-rank correction P (dplr).
+  c.rank = 1
+  # Activation after the SSM convolution: "gelu", "silu", "none".
+  c.activation = "gelu"
+  # Kernel implementation: "auto" | "reference" | "xla" | "pallas" |
+  # "pallas_interpret" (kernels.Impl).
+  c.impl = "auto"
+  # Optimizer groups (layers/registry.py): dt, A, B and P at learning rate
+  # 1e-3 without weight decay, as the S4 reference code.
+  c.optim_groups = ml_collections.ConfigDict()
+  c.optim_groups.ssm = ml_collections.ConfigDict(dict(
+      pattern=SSM_PARAMS_PATTERN,
+      learning_rate=config_dict.FieldReference(1e-3, field_type=float),
+      weight_decay=config_dict.FieldReference(0.0, field_type=float)))
+  return c
+
+
+def validate(c: ml_collections.ConfigDict, ctx: MixerContext) -> None:
+  """Checks ``model.s4`` (``ctx.prefix``) before anything is built."""
+  f = lambda name: f"{ctx.prefix}.{name}"
+  checks.check_int(f("d_state"), c.d_state, minimum=2)
+  if c.d_state % 2:
+    checks.fail(f("d_state"), c.d_state,
+                "must be even (the state comes in complex-conjugate pairs)")
+  checks.check_choice(f("mode"), c.mode, MODES)
+  checks.check_choice(f("ssm_init"), c.ssm_init, INITS)
+  if c.mode == "dplr" and c.ssm_init != "legs":
+    checks.fail(f("ssm_init"), c.ssm_init,
+                f"is not supported with {f('mode')}='dplr' (the normal plus "
+                "low-rank form exists for HiPPO-LegS only; use ssm_init='legs' "
+                "or mode='diag')")
+  checks.check_choice(f("discretization"), c.discretization, DISCRETIZATIONS)
+  checks.check_bool(f("bidirectional"), c.bidirectional)
+  if c.bidirectional and ctx.causal:
+    checks.fail(f("bidirectional"), True, CAUSAL_TASK)
+  checks.check_float(f("dt_min"), c.dt_min, low=0.0, low_open=True)
+  checks.check_float(f("dt_max"), c.dt_max, low=0.0, low_open=True)
+  if c.dt_min > c.dt_max:
+    raise ValueError(
+        f"{f('dt_min')}={c.dt_min!r} must be <= {f('dt_max')}={c.dt_max!r}")
+  checks.check_int(f("l_max"), c.l_max, minimum=1, optional=True)
+  checks.check_int(f("rank"), c.rank, minimum=1)
+  checks.check_choice(f("activation"), c.activation, tuple(ACTIVATIONS))
+  check_impl(f("impl"), c.impl,
+             "dplr_kernel" if c.mode == "dplr" else "s4d_kernel")
 
 
 def _as_complex(x: Float[Array, "... 2"]) -> Complex[Array, "..."]:
@@ -41,7 +117,7 @@ def _as_real(z: np.ndarray | jax.Array) -> jax.Array:
   return jnp.stack([jnp.real(z), jnp.imag(z)], axis=-1)
 
 
-@register_mixer("s4")
+@register_mixer("s4", config=config, validate=validate, length_field="l_max")
 class S4(nn.Module):
   """S4 (DPLR) / S4D (diagonal) state-space sequence mixer.
 
@@ -180,7 +256,10 @@ class S4(nn.Module):
     self.A_real = self._param("A_real",
                               const(np.log(np.maximum(-Lambda0.real, 1e-4))),
                               (d, n2), ("embed", "state"))
-    self.A_imag = self._param("A_imag", const(Lambda0.imag), (d, n2),
+    # Official imag_transform="none": A_imag = clamp(Im Lambda, min=1e-4)
+    # (S4D-Lin's first mode, -1/2 + 0i, starts at Im 1e-4).
+    self.A_imag = self._param("A_imag",
+                              const(np.maximum(Lambda0.imag, 1e-4)), (d, n2),
                               ("embed", "state"))
     self.B = self._param("B", const(np.stack([B0.real, B0.imag], -1)),
                          (d, n2, 2), ("embed", "state", None))
@@ -211,7 +290,10 @@ class S4(nn.Module):
 
   # ------------------------------------------------------------- kernels
   @property
-  def _kernel_impl(self) -> Impl:
+  def _conv_impl(self) -> Impl:
+    # ``impl`` names the SSM kernel's implementation (Cauchy or Vandermonde);
+    # the FFT convolution has no Pallas form, so it runs its XLA form unless
+    # the reference is asked for.
     impl = Impl(self.impl)
     return Impl.REFERENCE if impl is Impl.REFERENCE else Impl.XLA
 
@@ -229,7 +311,7 @@ class S4(nn.Module):
       tile = lambda x: jnp.concatenate([x] * c, axis=0)
       K = s4d_kernel(tile(Lambda), tile(B), C.reshape(-1, C.shape[-1]),
                      tile(log_dt), L, discretization=self.discretization,
-                     impl=self._kernel_impl)
+                     impl=self.impl)
       return K.reshape(c, self.d_model, L)
     if self.l_max is None:  # C is the true C.
       C_tilde, L_k = self._dplr_c_tilde(C, log_dt, Lambda, P, B, L), L
@@ -270,7 +352,7 @@ class S4(nn.Module):
       # saves a full pass over [b, t, d] forward and backward.
       k_causal = K[0].at[:, 0].add(D)
       y = fftconv(u, k_causal, k_reverse=K[1] if self.bidirectional else None,
-                  impl=self._kernel_impl)
+                  impl=self._conv_impl)
     y = ACTIVATIONS[self.activation](y)
     if mask is not None:
       y = jnp.where(mask[..., None], y, 0.0)

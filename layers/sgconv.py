@@ -23,13 +23,17 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from jaxtyping import Array, Bool, Float
+from ml_collections import config_dict
 
-from kernels import Impl
+from configs import checks
+from kernels import supported_impls
 from kernels.fftconv import fftconv
 from layers.activations import gelu_exact
-from layers.registry import register_mixer
+from layers.registry import (CAUSAL_TASK, MixerContext, check_impl,
+                             register_mixer)
 
 # The fixed kernel norm lives outside "params" (it is not trained); whoever
 # applies the layer must carry this collection from init (like "batch_stats").
@@ -107,7 +111,58 @@ def sgconv_kernel(kernels: Float[Array, "s c d k"],
   return jnp.concatenate(parts, axis=-1)
 
 
-@register_mixer("sgconv")
+def config() -> ml_collections.ConfigDict:
+  """``model.sgconv``: the fields of :class:`SGConv`."""
+  c = ml_collections.ConfigDict()
+  # Size d of each scale's learnable kernel.
+  c.kernel_dim = 64
+  # Number of scales; None = as many as needed to cover l_max.
+  c.n_scales = config_dict.placeholder(int)
+  # Weight alpha^i of scale i (the paper's decay).
+  c.decay = 0.5
+  # Kernels per feature; their outputs are concatenated (channels * d_model
+  # features), so channels > 1 needs model.output "glu" or "linear".
+  c.channels = 1
+  # True: a second kernel runs backwards in time (non-causal tasks).
+  c.bidirectional = False
+  # Kernel length; None means the task's maximum sequence length.
+  c.l_max = config_dict.placeholder(int)
+  # Activation after the convolution.
+  c.activation = "gelu"
+  # FFT convolution implementation: "auto" | "reference" | "xla" (it has no
+  # Pallas kernel).
+  c.impl = "auto"
+  return c
+
+
+def validate(c: ml_collections.ConfigDict, ctx: MixerContext) -> None:
+  """Checks ``model.sgconv`` (``ctx.prefix``) before anything is built."""
+  f = lambda name: f"{ctx.prefix}.{name}"
+  checks.check_int(f("kernel_dim"), c.kernel_dim, minimum=1)
+  checks.check_int(f("n_scales"), c.n_scales, minimum=1, optional=True)
+  checks.check_float(f("decay"), c.decay, low=0.0, low_open=True)
+  checks.check_int(f("channels"), c.channels, minimum=1)
+  if c.channels > 1 and ctx.output == "none":
+    checks.fail(
+        "model.output", ctx.output,
+        f"cannot follow {f('channels')}={c.channels}: the mixer then returns "
+        "channels * d_model features, which the output projection ('glu' or "
+        "'linear') maps back to d_model")
+  checks.check_bool(f("bidirectional"), c.bidirectional)
+  if c.bidirectional and ctx.causal:
+    checks.fail(f("bidirectional"), True, CAUSAL_TASK)
+  checks.check_int(f("l_max"), c.l_max, minimum=1, optional=True)
+  if (c.l_max is not None and ctx.max_length is not None
+      and c.l_max < ctx.max_length):
+    checks.fail(f("l_max"), c.l_max,
+                f"is shorter than the task's longest input ({ctx.max_length} "
+                "positions): the kernel must cover it (None = that length)")
+  checks.check_choice(f("activation"), c.activation, tuple(ACTIVATIONS))
+  check_impl(f("impl"), c.impl, "fftconv")
+
+
+@register_mixer("sgconv", config=config, validate=validate,
+                length_field="l_max")
 class SGConv(nn.Module):
   """Structured Global Convolution (SGConv) sequence mixer.
 
@@ -183,9 +238,10 @@ class SGConv(nn.Module):
     if self.activation not in ACTIVATIONS:
       raise ValueError(
           f"activation={self.activation!r} is not one of {tuple(ACTIVATIONS)}")
-    if self.impl not in [i.value for i in Impl]:
+    if self.impl not in supported_impls("fftconv"):
       raise ValueError(
-          f"impl={self.impl!r} is not one of {[i.value for i in Impl]}")
+          f"impl={self.impl!r} is not one of {supported_impls('fftconv')} "
+          "(the FFT convolution has no Pallas kernel)")
 
   @property
   def scales(self) -> int:
@@ -250,8 +306,8 @@ class SGConv(nn.Module):
     return K / norm[:, :, None]
 
   @property
-  def _conv_impl(self) -> Impl:
-    return Impl.REFERENCE if Impl(self.impl) is Impl.REFERENCE else Impl.XLA
+  def _conv_impl(self) -> str:
+    return self.impl
 
   # ------------------------------------------------------------------ call
   def __call__(

@@ -18,7 +18,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from layers import get_mixer
+from layers import get_spec
 
 NORMS = ("layer", "batch", "rms")
 # "none": the mixer ends with its own output projection (Mamba-2).
@@ -88,8 +88,9 @@ class ResidualBlock(nn.Module):
 
     z = Norm(self.norm, self.dtype, self.param_dtype, name="norm")(
         x, mask, train=train) if self.prenorm else x
-    z = get_mixer(self.mixer)(
-        d_model=d, **self.mixer_kwargs, name="mixer")(
+    z = get_spec(self.mixer).module(
+        d_model=d, **self.mixer_kwargs, dtype=self.dtype,
+        param_dtype=self.param_dtype, name="mixer")(
             z, mask=mask, deterministic=not train)
     z = drop(z)
     if self.output == "glu":
@@ -139,9 +140,10 @@ class Backbone(nn.Module):
     mixer_kwargs = dict(self.mixer_kwargs)
     # A mixer may share parameters across layers (Linformer's layerwise
     # projection): the backbone owns that module and hands it to every block.
-    make_shared = getattr(get_mixer(self.mixer), "shared_module", None)
+    make_shared = get_spec(self.mixer).shared
     if make_shared is not None:
-      shared = make_shared(self.d_model, **self.mixer_kwargs)
+      shared = make_shared(self.d_model, **self.mixer_kwargs,
+                           param_dtype=self.param_dtype)
       if shared is not None:
         mixer_kwargs["shared"] = shared
     for i in range(self.n_layers):

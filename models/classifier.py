@@ -8,14 +8,13 @@ through a Dense encoder (as the S4 LRA models do for pixels). Pooling:
   * ``cls``:  a learned token prepended to the sequence; its output is the summary
     (meaningful for bidirectional mixers, which let it see the whole sequence).
 """
-import dataclasses
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
-from layers import get_mixer
+from layers import get_spec
 from models.backbone import Backbone
 
 POOLS = ("mean", "last", "max", "cls")
@@ -114,26 +113,27 @@ class SequenceClassifier(nn.Module):
 
 
 def mixer_kwargs_from_config(model_config: ml_collections.ConfigDict,
-                             max_length: int) -> dict:
-  """The mixer's own sub-config (``model.<mixer>``), with its maximum length
-  (an ``l_max`` or ``max_length`` field the config leaves None or unset)
-  filled in."""
-  name = model_config.mixer
-  sub = model_config.get(name)
-  kwargs = dict(sub.to_dict() if sub is not None else {})
-  fields = {f.name for f in dataclasses.fields(get_mixer(name))}
-  for field in ("l_max", "max_length"):
-    if field in fields and kwargs.get(field) is None:
-      kwargs[field] = max_length
-  return kwargs
+                             max_length: int, name: str | None = None) -> dict:
+  """The module fields of the mixer ``name`` (default ``model.mixer``) from
+  its sub-config ``model.<name>`` (its declared defaults if absent), with the
+  length it must support filled in (layers/registry.py ``length_field``)."""
+  name = model_config.mixer if name is None else name
+  return get_spec(name).module_kwargs(model_config.get(name),
+                                      max_length=max_length)
 
 
-def _with_mixer(model_config: ml_collections.ConfigDict,
-                name: str) -> ml_collections.ConfigDict:
-  """A copy of ``model_config`` whose ``mixer`` is ``name``."""
-  config = ml_collections.ConfigDict(model_config.to_dict())
-  config.mixer = name
-  return config
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def dtypes(model_config: ml_collections.ConfigDict) -> dict:
+  """``{"dtype", "param_dtype"}`` of ``model.dtype`` / ``model.param_dtype``."""
+  out = {}
+  for field in ("dtype", "param_dtype"):
+    name = model_config.get(field, "float32")
+    if name not in DTYPES:
+      raise ValueError(f"model.{field}={name!r} is not one of {tuple(DTYPES)}")
+    out[field] = DTYPES[name]
+  return out
 
 
 def build_model(model_config: ml_collections.ConfigDict, info) -> nn.Module:
@@ -170,7 +170,8 @@ def build_model(model_config: ml_collections.ConfigDict, info) -> nn.Module:
         encoder_mixer=encoder_mixer,
         encoder_mixer_kwargs=(
             {} if encoder_mixer is None else mixer_kwargs_from_config(
-                _with_mixer(model_config, encoder_mixer), info.max_length)))
+                model_config, info.max_length, encoder_mixer)),
+        **dtypes(model_config))
   if getattr(info, "output_kind", "class") == "tokens":
     from models.lm import CausalLM  # pylint: disable=g-import-not-at-top
     return CausalLM(
@@ -186,7 +187,8 @@ def build_model(model_config: ml_collections.ConfigDict, info) -> nn.Module:
         dropout=model_config.dropout,
         output=model_config.output,
         ff_mult=model_config.get("ff_mult", 0),
-        dense_rank=model_config.get("dense_rank"))
+        dense_rank=model_config.get("dense_rank"),
+        **dtypes(model_config))
   max_length = info.max_length + (1 if model_config.pool == "cls" else 0)
   return SequenceClassifier(
       num_classes=info.num_classes,
@@ -203,4 +205,5 @@ def build_model(model_config: ml_collections.ConfigDict, info) -> nn.Module:
       ff_mult=model_config.get("ff_mult", 0),
       dense_rank=model_config.get("dense_rank"),
       pool=model_config.pool,
+      **dtypes(model_config),
   )

@@ -34,6 +34,8 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
 from layers import informer as inf
+from layers import probsparse
+from layers import torch_defaults
 
 
 class Informer(nn.Module):
@@ -41,7 +43,7 @@ class Informer(nn.Module):
 
   ``encoder_mixer`` (a registered mixer name) replaces every encoder
   self-attention with ``get_mixer(name)(d_model=d_model,
-  **encoder_mixer_kwargs)``; the distilling, decoder and cross-attention stay.
+  **encoder_mixer_kwargs)`` (its parameters under ``encoder_<i>/mixer``); the distilling, decoder and cross-attention stay.
   ``seq_len``, ``label_len`` and ``pred_len`` are checked against the inputs.
   ``mask [b, seq_len]`` (True = real) reaches the encoder attention (pooled by
   the distilling) and the cross-attention only; the circular convolutions
@@ -81,8 +83,8 @@ class Informer(nn.Module):
       decoder_time: Float[Array, "b lp nt"],
       train: bool = False,
   ) -> Float[Array, "b p o"]:
-    if self.attn not in inf.ATTENTIONS:
-      raise ValueError(f"attn={self.attn!r} is not one of {inf.ATTENTIONS}")
+    if self.attn not in probsparse.ATTENTIONS:
+      raise ValueError(f"attn={self.attn!r} is not one of {probsparse.ATTENTIONS}")
     b = inputs.shape[0]
     want = {"inputs": (b, self.seq_len, self.enc_in),
             "inputs_time": (b, self.seq_len),
@@ -132,6 +134,6 @@ class Informer(nn.Module):
               y, enc, mask, deterministic=det,
               last_rows=self.pred_len if i == self.d_layers - 1 else None)
     y = inf.layer_norm("decoder_norm", **common)(y)
-    y = inf.torch_dense(self.c_out, self.d_model, ("embed", None),
+    y = torch_defaults.torch_dense(self.c_out, self.d_model, ("embed", None),
                         "projection", **common)(y)
     return y.astype(jnp.float32)

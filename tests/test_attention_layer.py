@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from data.tasks import TaskInfo
-from layers.attention import Attention, LinearAttention
+from layers.attention import Attention
+from layers.linear_attention import LinearAttention
 from layers.registry import MIXERS
 from models import build_model
 

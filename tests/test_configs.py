@@ -64,8 +64,8 @@ def test_full_presets_follow_the_s4_lra_settings():
     assert (c.model.n_layers, c.model.d_model, c.model.norm) == (6, 256, "batch")
     assert c.optim.weight_decay == 0.05 and c.model.s4.dt_max == 0.1
     assert c.model.s4.bidirectional and c.optim.schedule == "cosine"
-    assert c.optim.groups.ssm.learning_rate == 1e-3
-    assert c.optim.groups.ssm.weight_decay == 0.0
+    assert c.model.s4.optim_groups.ssm.learning_rate == 1e-3
+    assert c.model.s4.optim_groups.ssm.weight_decay == 0.0
 
 
 def _listops_test_config():
@@ -103,8 +103,12 @@ BAD_FIELDS = [
     ("data.batch_size", 12),  # Not divisible by 8 data-parallel devices.
     ("data.eval_batch_size", 20),
     ("optim.warmup_steps", 10_000),  # More than the total steps.
-    ("optim.groups.ssm.pattern", "(log_dt"),
-    ("optim.groups.ssm.learning_rate", -1.0),
+    ("model.s4.optim_groups.ssm.pattern", "(log_dt"),
+    ("model.s4.optim_groups.ssm.learning_rate", -1.0),
+    ("optim.groups.no_decay.pattern", "(bias"),
+    ("optim.groups.no_decay.weight_decay", -1.0),
+    ("model.dtype", "float16"),
+    ("model.param_dtype", "int8"),
     ("train.checkpoint_every_steps", 3),  # Not a multiple of log_every_steps.
     ("mesh.tensor", 3),
 ]
@@ -149,10 +153,12 @@ def test_command_line_overrides():
   config = _parse(["train", "--config=configs/lra_listops.py:cpu",
                    "--config.model.d_model=128", "--config.model.s4.l_max=512",
                    "--config.optim.grad_clip_norm=1.0",
-                   "--config.optim.groups.ssm.learning_rate=0.002"])
+                   "--config.model.s4.optim_groups.ssm.learning_rate=0.002",
+                   "--config.model.dtype=bfloat16"])
   assert config.model.d_model == 128 and config.model.s4.l_max == 512
   assert config.optim.grad_clip_norm == 1.0
-  assert config.optim.groups.ssm.learning_rate == 0.002
+  assert config.model.s4.optim_groups.ssm.learning_rate == 0.002
+  assert config.model.dtype == "bfloat16"
   assert config.data.num_train == 8000  # The preset applied.
   assert config.is_locked
   with pytest.raises(AttributeError, match="d_stat"):

@@ -9,6 +9,7 @@ import optax
 import pytest
 
 from layers import informer as inf
+from layers import probsparse
 from layers.registry import MIXERS
 from models.informer import Informer
 
@@ -86,7 +87,7 @@ def test_full_attention_and_encoder_mixer():
   model = _model(attn="full", e_layers=1, encoder_mixer="probsparse",
                  encoder_mixer_kwargs=dict(n_heads=4, attention="full"))
   v = jax.jit(lambda k: model.init(k, **batch))(jax.random.key(0))
-  q = v["params"]["encoder_0"]["attention"]["query"]["kernel"].value
+  q = v["params"]["encoder_0"]["mixer"]["query"]["kernel"].value
   assert q.shape == (16, 16)
   y = jax.jit(lambda v: model.apply(v, **batch))(v)
   assert y.shape == (2, PRED, C) and np.all(np.isfinite(np.asarray(y)))
@@ -139,7 +140,7 @@ def test_positional_table_official_values():
 
 def test_registered_mixer_in_classifier_with_padding():
   from models.classifier import SequenceClassifier  # pylint: disable=g-import-not-at-top
-  assert MIXERS["probsparse"] is inf.ProbSparseAttention
+  assert MIXERS["probsparse"] is probsparse.ProbSparseAttention
   model = SequenceClassifier(
       num_classes=3, input_kind="tokens", vocab_size=11, mixer="probsparse",
       mixer_kwargs=dict(n_heads=2, factor=2), d_model=8, n_layers=2,

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from layers import mamba2
 from layers.mamba2 import Mamba2
 from layers.registry import get_mixer
 
@@ -115,7 +116,7 @@ def test_param_names_axes_and_init():
   for k, (shape, axes) in want.items():
     assert flat[k].value.shape == shape, k
     assert flat[k].names == axes, k
-  no_decay = re.compile(r"(^|/)mixer/(%s)$" % "|".join(Mamba2.NO_WEIGHT_DECAY))
+  no_decay = re.compile(mamba2.config().optim_groups.ssm.pattern)
   assert {k for k in flat if no_decay.search("block_0/mixer/" + k)} == {
       "A_log", "D", "dt_bias"}
   # dt = softplus(dt_bias) log-uniform in [dt_min, dt_max] = [1e-3, 1e-1].

@@ -1,4 +1,6 @@
 """Backbone, pooling and classifier: padding invariance, norms, pooling kinds."""
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -15,6 +17,8 @@ class _CausalMean(nn.Module):
   """A tiny mask-respecting causal mixer for testing the stack."""
   d_model: int
   l_max: int | None = None
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, mask=None, *, deterministic=True):

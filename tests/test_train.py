@@ -10,10 +10,12 @@ import json
 import os
 import subprocess
 import sys
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -68,8 +70,11 @@ def _toy_preprocess(raw, data_config):
 
 
 class ToyCumMean(nn.Module):
-  """Causal running mean of a projection; ``log_dt`` exercises the SSM group."""
+  """Causal running mean of a projection; ``log_dt`` exercises the mixer's
+  own optimizer group (``_toy_mixer_config``)."""
   d_model: int
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, mask=None, *, deterministic=True):
@@ -94,8 +99,17 @@ if TOY_TASK not in tasks.TASKS:
   tasks.register_task(tasks.Task(
       name=TOY_TASK, info=_toy_info, sources=_toy_sources,
       preprocess=_toy_preprocess))
+def _toy_mixer_config():
+  """The toy mixer's fields: none but an SSM-like optimizer group."""
+  c = ml_collections.ConfigDict()
+  c.optim_groups = ml_collections.ConfigDict()
+  c.optim_groups.ssm = ml_collections.ConfigDict(dict(
+      pattern=r"(^|/)mixer/log_dt$", learning_rate=1e-3, weight_decay=0.0))
+  return c
+
+
 if TOY_MIXER not in registry.MIXERS:
-  registry.register_mixer(TOY_MIXER)(ToyCumMean)
+  registry.register_mixer(TOY_MIXER, config=_toy_mixer_config)(ToyCumMean)
 
 
 def toy_config(**train_overrides):
@@ -203,29 +217,35 @@ def test_mesh_shapes_agree_with_eight_way_data_parallel(toy_run, tmp_path, mesh)
 
 def test_optimizer_groups_follow_patterns():
   config = toy_config()
+  s4_groups = lambda: registry.get_spec("s4").optim_groups(config.model.s4)
   params = {"backbone": {"block_0": {"mixer": {
       "log_dt": jnp.zeros(2), "Dense_0": {"kernel": jnp.ones((2, 2)),
                                           "bias": jnp.zeros(2)}}},
-      "norm": {"scale": jnp.ones(2)}}, "head": {"B_proj": jnp.ones(2)}}
-  labels = optim_lib.param_labels(params, optim_lib.group_patterns(config.optim))
+      "norm": {"scale": jnp.ones(2)}}, "head": {"B_proj": jnp.ones(2),
+                                               "log_dt": jnp.ones(2)}}
+  labels = optim_lib.param_labels(
+      params, optim_lib.group_patterns(config.optim, s4_groups()))
   assert labels["backbone"]["block_0"]["mixer"]["log_dt"] == "ssm"
   assert labels["backbone"]["block_0"]["mixer"]["Dense_0"]["kernel"] == "default"
   assert labels["backbone"]["block_0"]["mixer"]["Dense_0"]["bias"] == "no_decay"
   assert labels["backbone"]["norm"]["scale"] == "no_decay"
-  # A name that merely contains "B" is not an SSM parameter.
+  # A name that merely contains "B" is not an SSM parameter, nor is a
+  # parameter outside the mixer named like one.
   assert labels["head"]["B_proj"] == "default"
+  assert labels["head"]["log_dt"] == "default"
   with pytest.raises(ValueError, match="optim.groups.ssm.pattern"):
     optim_lib.param_labels(params, {"ssm": "log_dt", "other": "dt$"})
 
   # Each group's learning rate and weight decay reach its parameters: with a
   # zero gradient, one AdamW step only decays (lr * wd * p).
   with config.unlocked():
-    config.optim.groups.ssm.learning_rate = 0.5
-    config.optim.groups.ssm.weight_decay = 0.2
+    config.model.s4.optim_groups.ssm.learning_rate = 0.5
+    config.model.s4.optim_groups.ssm.weight_decay = 0.2
     config.optim.warmup_steps = 0
     config.optim.schedule = "constant"
     config.optim.grad_clip_norm = None
-  tx, _, _ = optim_lib.make_optimizer(config.optim, total_steps=10)
+  tx, _, _ = optim_lib.make_optimizer(config.optim, total_steps=10,
+                                      mixer_groups=s4_groups())
   params = {"mixer": {"log_dt": jnp.ones(2), "kernel": jnp.ones(2),
                       "bias": jnp.ones(2)}}
   zeros = jax.tree.map(jnp.zeros_like, params)
@@ -413,16 +433,18 @@ def test_attention_mixers_learn_in_the_lra_backbone(tmp_path, mixer):
 
 def test_mamba2_decay_free_parameters_join_no_decay():
   config = _new_mixer_config("mamba2")
-  mixer_cls = registry.get_mixer("mamba2")
+  spec = registry.get_spec("mamba2")
   params = {"backbone": {"block_0": {"mixer": {
       "A_log": jnp.zeros(2), "D": jnp.zeros(2), "dt_bias": jnp.zeros(2),
       "in_proj": {"kernel": jnp.ones((2, 2))}}}},
       "head": {"D": jnp.zeros(2)}}
-  patterns = optim_lib.group_patterns(
-      config.optim, getattr(mixer_cls, "NO_WEIGHT_DECAY", ()))
+  mixer_groups = spec.optim_groups(config.model.mamba2)
+  patterns = optim_lib.group_patterns(config.optim, mixer_groups)
   labels = optim_lib.param_labels(params, patterns)
   mixer = labels["backbone"]["block_0"]["mixer"]
-  assert [mixer[k] for k in ("A_log", "D", "dt_bias")] == ["no_decay"] * 3
+  assert [mixer[k] for k in ("A_log", "D", "dt_bias")] == ["ssm"] * 3
+  hyper = optim_lib.group_hyperparameters(config.optim, mixer_groups)
+  assert hyper["ssm"] == (config.optim.learning_rate, 0.0)
   assert mixer["in_proj"]["kernel"] == "default"
   assert labels["head"]["D"] == "default"  # Only the mixer's own D.
 

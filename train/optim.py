@@ -7,7 +7,7 @@ learning rate and weight decay and follows the same schedule shape, as PyTorch
 parameter groups under one LambdaLR do in the S4 reference code.
 """
 import re
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import jax
 import ml_collections
@@ -31,20 +31,27 @@ def param_path(path) -> str:
   return "/".join(parts)
 
 
-NO_DECAY_GROUP = "no_decay"
+def all_groups(optim_config: ml_collections.ConfigDict,
+               mixer_groups: Mapping[str, Mapping[str, Any]] | None = None
+               ) -> dict[str, dict[str, Any]]:
+  """``config.optim.groups`` and the model's mixer's own groups
+  (``model.<mixer>.optim_groups``, layers/registry.py), by name."""
+  groups = {name: dict(group) for name, group in optim_config.groups.items()}
+  for name, group in (mixer_groups or {}).items():
+    if name in groups:
+      raise ValueError(
+          f"optimizer group {name!r} is defined by optim.groups and by the "
+          "mixer's optim_groups; rename one of them")
+    groups[name] = dict(group)
+  return groups
 
 
 def group_patterns(optim_config: ml_collections.ConfigDict,
-                   mixer_no_decay: Sequence[str] = ()) -> dict[str, str]:
-  """``{group: regex}``; ``mixer_no_decay`` names mixer parameters (e.g.
-  Mamba-2's ``A_log``, ``D``, ``dt_bias``) that join the ``no_decay`` group."""
-  patterns = {name: group["pattern"]
-              for name, group in optim_config.groups.items()}
-  if mixer_no_decay:
-    extra = r"(^|/)mixer/(%s)$" % "|".join(map(re.escape, mixer_no_decay))
-    base = patterns.get(NO_DECAY_GROUP)
-    patterns[NO_DECAY_GROUP] = extra if base is None else f"(?:{base})|{extra}"
-  return patterns
+                   mixer_groups: Mapping[str, Mapping[str, Any]] | None = None
+                   ) -> dict[str, str]:
+  """``{group: regex}`` of :func:`all_groups`."""
+  return {name: group["pattern"]
+          for name, group in all_groups(optim_config, mixer_groups).items()}
 
 
 def param_labels(params: Any, patterns: Mapping[str, str]) -> Any:
@@ -104,12 +111,12 @@ def make_schedule(peak: float, *, schedule: str, warmup_steps: int,
 
 def group_hyperparameters(
     optim_config: ml_collections.ConfigDict,
-    mixer_no_decay: Sequence[str] = ()) -> dict[str, tuple[float, float]]:
-  """``{group: (peak learning rate, weight decay)}``, default group included."""
+    mixer_groups: Mapping[str, Mapping[str, Any]] | None = None
+) -> dict[str, tuple[float, float]]:
+  """``{group: (peak learning rate, weight decay)}``, default group included;
+  a group's None means the base value."""
   hyper = {DEFAULT_GROUP: (optim_config.learning_rate, optim_config.weight_decay)}
-  if mixer_no_decay and NO_DECAY_GROUP not in optim_config.groups:
-    hyper[NO_DECAY_GROUP] = (optim_config.learning_rate, 0.0)
-  for name, group in optim_config.groups.items():
+  for name, group in all_groups(optim_config, mixer_groups).items():
     lr = group.get("learning_rate")
     wd = group.get("weight_decay")
     hyper[name] = (optim_config.learning_rate if lr is None else lr,
@@ -120,15 +127,15 @@ def group_hyperparameters(
 def make_optimizer(
     optim_config: ml_collections.ConfigDict, total_steps: int, *,
     steps_per_epoch: int | None = None,
-    mixer_no_decay: Sequence[str] = ()
+    mixer_groups: Mapping[str, Mapping[str, Any]] | None = None
 ) -> tuple[optax.GradientTransformation, dict[str, optax.Schedule],
            Callable[[Any], Any]]:
   """Builds the optimizer.
 
-  ``mixer_no_decay``: names of mixer parameters that take no weight decay
-  whatever the config says (the mixer class's ``NO_WEIGHT_DECAY``, e.g. Mamba-2's
-  ``A_log``, ``D`` and ``dt_bias`` as in the official code); they join the
-  ``no_decay`` group (created with weight decay 0 if the config has none).
+  ``mixer_groups``: the model's mixer's own parameter groups
+  (``model.<mixer>.optim_groups``, e.g. S4's SSM parameters at learning rate
+  1e-3 without weight decay, Mamba-2's A_log, D and dt_bias without weight
+  decay), added to ``optim_config.groups``.
 
   ``steps_per_epoch`` is needed by the ``"epoch_decay"`` schedule.
 
@@ -139,10 +146,10 @@ def make_optimizer(
   """
   if optim_config.optimizer != "adamw":
     raise ValueError(f"optim.optimizer={optim_config.optimizer!r} is not 'adamw'")
-  patterns = group_patterns(optim_config, mixer_no_decay)
+  patterns = group_patterns(optim_config, mixer_groups)
   schedules, transforms = {}, {}
   for name, (lr, wd) in group_hyperparameters(
-      optim_config, mixer_no_decay).items():
+      optim_config, mixer_groups).items():
     schedules[name] = make_schedule(
         lr, schedule=optim_config.schedule,
         warmup_steps=optim_config.warmup_steps, total_steps=total_steps,

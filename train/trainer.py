@@ -130,14 +130,15 @@ def best_metric(config: ml_collections.ConfigDict, info) -> tuple[str, str]:
   return name, "min" if name in _LOWER_IS_BETTER else "max"
 
 
-def _mixer_no_decay(model_config, info) -> tuple[str, ...]:
-  """The ``NO_WEIGHT_DECAY`` names of the model's sequence mixer."""
+def _mixer_groups(model_config, info) -> dict:
+  """The optimizer groups of the model's sequence mixer
+  (``model.<mixer>.optim_groups``)."""
   name = model_config.mixer
   if getattr(info, "output_kind", "class") == "forecast":
     name = model_config.informer.get("encoder_mixer") or None
   if name is None:
-    return ()
-  return tuple(getattr(layers.get_mixer(name), "NO_WEIGHT_DECAY", ()))
+    return {}
+  return layers.get_spec(name).optim_groups(model_config.get(name))
 
 
 def dummy_inputs(info, batch_size: int = 1) -> dict[str, jax.Array]:
@@ -313,7 +314,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   model = models.build_model(config.model, info)
   tx, schedules, _ = optim_lib.make_optimizer(
       config.optim, total_steps, steps_per_epoch=steps_per_epoch,
-      mixer_no_decay=_mixer_no_decay(config.model, info))
+      mixer_groups=_mixer_groups(config.model, info))
   metric_name, metric_mode = best_metric(config, info)
   patience = config.train.get("early_stopping_patience")
 
@@ -540,7 +541,7 @@ def restore_model(config: ml_collections.ConfigDict, workdir: str, *,
   model = models.build_model(config.model, info)
   tx, _, _ = optim_lib.make_optimizer(
       config.optim, max(config.optim.warmup_steps + 1, 2), steps_per_epoch=1,
-      mixer_no_decay=_mixer_no_decay(config.model, info))
+      mixer_groups=_mixer_groups(config.model, info))
   args, kwargs = _model_args(dummy_inputs(info), info)
 
   def create_state(rng):
