@@ -186,11 +186,7 @@ def validate_config(config: ml_collections.ConfigDict, *,
              train.get("early_stopping_patience"), minimum=1, optional=True)
   _check_int("train.stop_after_step", train.stop_after_step, minimum=1,
              optional=True)
-  num_steps = total_steps(config, num_train_examples)
-  if num_steps is not None and optim.warmup_steps > num_steps:
-    raise ValueError(
-        f"optim.warmup_steps={optim.warmup_steps} is larger than the total "
-        f"training steps ({num_steps})")
+  total_steps(config, num_train_examples)  # Checks the warmup against them.
 
   # mesh
   for axis in MESH_AXES:
@@ -328,15 +324,25 @@ def find_task(name: str):
 
 def total_steps(config: ml_collections.ConfigDict,
                 num_train_examples: int | None) -> int | None:
-  """Training steps of the whole run (None if the split size is unknown)."""
-  if config.train.num_steps is not None:
-    return config.train.num_steps
-  if num_train_examples is None:
-    num_train_examples = config.data.num_train
-  if num_train_examples is None:
-    return None
-  steps_per_epoch = num_train_examples // config.data.batch_size
-  if steps_per_epoch == 0:
-    _fail("data.batch_size", config.data.batch_size,
-          f"is larger than the training split ({num_train_examples} examples)")
-  return steps_per_epoch * config.train.num_epochs
+  """Training steps of the whole run (None if the split size is unknown).
+
+  Raises ``ValueError`` if a batch is larger than the training split or the
+  warmup longer than the run: the checks that need the split's size, which
+  the trainer knows only once it has the data.
+  """
+  num_steps = config.train.num_steps
+  if num_steps is None:
+    if num_train_examples is None:
+      num_train_examples = config.data.num_train
+    if num_train_examples is None:
+      return None
+    steps_per_epoch = num_train_examples // config.data.batch_size
+    if steps_per_epoch == 0:
+      _fail("data.batch_size", config.data.batch_size,
+            f"is larger than the training split ({num_train_examples} examples)")
+    num_steps = steps_per_epoch * config.train.num_epochs
+  if config.optim.warmup_steps > num_steps:
+    raise ValueError(
+        f"optim.warmup_steps={config.optim.warmup_steps} is larger than the "
+        f"total training steps ({num_steps})")
+  return num_steps

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from configs import default
+from configs import validate
 from data import tasks
 from layers import registry
 from train import metrics as metrics_lib
@@ -332,18 +333,57 @@ def test_s4_model_learns_and_one_device_equals_eight(tmp_path, mode):
   np.testing.assert_allclose([r["loss"] for r in runs["one"]], losses, rtol=1e-4)
 
 
-def _cli_run(workdir, tfds_dir, steps, env_extra=None):
+# The command line of train/__main__.py plus --kill_at_step: a hook SIGKILLs
+# the process right after that step, its checkpoint possibly still writing.
+_KILL_RUNNER = """
+import os
+import signal
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from train import trainer
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "")
+_KILL_AT_STEP = flags.DEFINE_integer("kill_at_step", None, "")
+
+
+def kill_at_step(step, state):
+  del state
+  if step == _KILL_AT_STEP.value:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def main(argv):
+  del argv
+  trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
+                             hooks=[kill_at_step])
+
+
+app.run(main)
+"""
+
+
+def _cli_run(workdir, tfds_dir, steps, kill_at_step=None):
   env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu",
              JAX_COMPILATION_CACHE_DIR=COMPILATION_CACHE,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", **(env_extra or {}))
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
   env.pop("XLA_FLAGS", None)
+  command = [sys.executable, "-m", "train"]
+  if kill_at_step is not None:
+    command = [sys.executable, "-c", _KILL_RUNNER,
+               f"--kill_at_step={kill_at_step}"]
   return subprocess.run(
-      [sys.executable, "-m", "train", "--config=configs/lra_listops.py:test",
-       f"--workdir={workdir}", f"--config.data.data_dir={tfds_dir}",
-       f"--config.train.num_steps={steps}", "--config.train.log_every_steps=2",
-       "--config.train.eval_every_steps=2",
-       "--config.train.checkpoint_every_steps=4",
-       "--config.optim.warmup_steps=1", "--config.model.dropout=0.1"],
+      command + [
+          "--config=configs/lra_listops.py:test",
+          f"--workdir={workdir}", f"--config.data.data_dir={tfds_dir}",
+          f"--config.train.num_steps={steps}",
+          "--config.train.log_every_steps=2",
+          "--config.train.eval_every_steps=2",
+          "--config.train.checkpoint_every_steps=4",
+          "--config.optim.warmup_steps=1", "--config.model.dropout=0.1"],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -354,8 +394,7 @@ def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path):
   tfds_dir = tmp_path / "tfds"
   full = _cli_run(tmp_path / "full", tfds_dir, 12)
   assert full.returncode == 0, full.stderr[-3000:]
-  killed = _cli_run(tmp_path / "killed", tfds_dir, 12,
-                    {"LONGSEQ_FAULT_KILL_AT_STEP": "8"})
+  killed = _cli_run(tmp_path / "killed", tfds_dir, 12, kill_at_step=8)
   assert killed.returncode == -9, killed.stderr[-3000:]
   assert not (tmp_path / "killed" / "test_metrics.json").exists()
   resumed = _cli_run(tmp_path / "killed", tfds_dir, 12)
@@ -363,6 +402,32 @@ def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path):
   assert _records(tmp_path / "full") == _records(tmp_path / "killed")
   assert (json.loads((tmp_path / "full" / "test_metrics.json").read_text())
           == json.loads((tmp_path / "killed" / "test_metrics.json").read_text()))
+
+
+def test_hooks_see_every_step_and_the_config_is_validated_once(tmp_path,
+                                                               monkeypatch):
+  """A hook is called after every step with that step's state, in a fresh and
+  in a resumed run; each run validates its config once."""
+  validations = []
+  validate_config = validate.validate_config
+
+  def counting_validate_config(*args, **kwargs):
+    validations.append(kwargs)
+    return validate_config(*args, **kwargs)
+
+  monkeypatch.setattr(validate, "validate_config", counting_validate_config)
+  seen = []
+  hook = lambda step, state: seen.append((step, int(state.step)))
+  first = trainer.train_and_evaluate(toy_config(stop_after_step=6),
+                                     str(tmp_path), hooks=[hook])
+  assert first["step"] == 6 and len(validations) == 1
+  assert seen == [(s, s) for s in range(1, 7)]
+  # Resumed from the checkpoint of step 4: steps 5 and 6 again, to the end.
+  seen.clear()
+  second = trainer.train_and_evaluate(toy_config(), str(tmp_path),
+                                      hooks=[hook, hook])
+  assert second["step"] == 16 and "test" in second and len(validations) == 2
+  assert seen == [(s, s) for s in range(5, 17) for _ in range(2)]
 
 
 def _new_mixer_config(mixer, mesh=None, steps=24):

@@ -13,13 +13,14 @@ state), the dropout key and the data iterator's position, so a run killed
 after any step and started again with the same command continues from its
 last checkpoint and logs exactly what an uninterrupted run logs.
 """
+import dataclasses
+import functools
 import json
 import logging
 import math
 import os
-import signal
 import time
-from typing import Any
+from typing import Any, Callable, Mapping, Sequence
 
 import flax
 import flax.linen as nn
@@ -39,10 +40,6 @@ from data import pipeline
 from train import metrics as metrics_lib
 from train import optim as optim_lib
 from train import partitioning
-
-
-# Tests set this to SIGKILL the process right after a given step.
-_FAULT_KILL_AT_STEP = int(os.environ.get("LONGSEQ_FAULT_KILL_AT_STEP", "-1"))
 
 
 @flax.struct.dataclass
@@ -281,42 +278,51 @@ def _checkpoint_manager(directory: str, *, max_to_keep: int, best: bool,
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       *, devices=None) -> dict[str, Any]:
-  """Trains ``config``'s model on its task, evaluating and checkpointing.
+# ``hook(step, state)``: see ``train_and_evaluate``'s ``hooks``.
+StepHook = Callable[[int, TrainState], None]
 
-  Args:
-    config: a config as configs/default.py describes (validated here).
-    workdir: the run directory; an existing checkpoint there is resumed.
-    devices: devices for the mesh (default: all of ``jax.devices()``).
 
-  Returns:
-    ``{"step", "validation": last validation metrics, "test": test metrics}``.
-  """
-  if devices is None:
-    devices = jax.devices()
-  validate.validate_config(config, num_devices=len(devices),
-                           process_count=jax.process_count())
-  is_main = jax.process_index() == 0
+@dataclasses.dataclass(frozen=True)
+class _Setup:
+  """What a run builds before its first step and never changes."""
+  config: ml_collections.ConfigDict
+  task: Any  # data.tasks.Task
+  info: Any  # data.tasks.TaskInfo
+  sources: Mapping[str, Any]  # {"train" | "validation" | "test": source}
+  val_batches: Any  # One pass over the validation split per iteration.
+  steps_per_epoch: int
+  total_steps: int
+  eval_every: int  # Steps between validation evaluations.
+  schedules: dict[str, optax.Schedule]  # Learning rate of each group.
+  metric_name: str  # The validation metric that picks the best checkpoint,
+  metric_mode: str  # and whether its "min" or its "max" is best.
+  mesh: jax.sharding.Mesh
+  rules: tuple  # Logical axis rules.
+  data_sharding: jax.sharding.NamedSharding
+  abstract_state: TrainState  # Shapes, dtypes and shardings to restore into.
+  init_state: Callable[[], TrainState]  # The step-0 state, on the mesh.
+  dropout_rng: jax.Array  # A fresh run's dropout key.
+  train_step: Callable  # Jitted make_train_step and make_eval_step.
+  eval_step: Callable
+  is_main: bool  # Process 0 writes the logs and test_metrics.json.
 
-  # Data and model.
+
+def _setup(config: ml_collections.ConfigDict, devices) -> _Setup:
+  """The data sources, model, optimizer, mesh, shardings and jitted steps of
+  a validated ``config``."""
   task = validate.find_task(config.data.task)
   info = task.info(config.data)
   sources = task.sources(config.data)
   num_train = len(sources["train"])
-  validate.validate_config(config, num_devices=len(devices),
-                           process_count=jax.process_count(),
-                           num_train_examples=num_train)
-  steps_per_epoch = pipeline.steps_per_epoch(num_train, config.data.batch_size)
+  # The checks that need the split's size: validate_config ran without it.
   total_steps = validate.total_steps(config, num_train)
-  eval_every = config.train.eval_every_steps or steps_per_epoch
+  steps_per_epoch = pipeline.steps_per_epoch(num_train, config.data.batch_size)
 
   model = models.build_model(config.model, info)
   tx, schedules, _ = optim_lib.make_optimizer(
       config.optim, total_steps, steps_per_epoch=steps_per_epoch,
       mixer_groups=_mixer_groups(config.model, info))
   metric_name, metric_mode = best_metric(config, info)
-  patience = config.train.get("early_stopping_patience")
 
   mesh = partitioning.make_mesh(config.mesh, devices)
   rules = partitioning.axis_rules(config.mesh)
@@ -330,9 +336,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           "batch over")
   replicated = partitioning.replicated(mesh)
   spec = pipeline.element_spec(task, config.data, sources["train"])
-
-  root_rng = jax.random.key(config.seed)
-  init_rng, dropout_rng = jax.random.split(root_rng)
+  init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
 
   def init_variables(rng):
     dummy = {k: jnp.zeros((1,) + v.shape, v.dtype) for k, v in spec.items()}
@@ -342,6 +346,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     return model.init({"params": params_rng, "dropout": dropout_init_rng,
                        "sample": dropout_init_rng}, *args, train=False,
                       **kwargs)
+
+  def create_state(rng):
+    variables = nn.unbox(init_variables(rng))
+    params = variables["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      batch_stats=variables.get("batch_stats", {}),
+                      constants=variables.get("constants", {}),
+                      opt_state=tx.init(params))
 
   with partitioning.mesh_context(mesh, rules):
     boxed = jax.eval_shape(init_variables, init_rng)
@@ -356,170 +368,259 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         batch_stats=var_shardings.get("batch_stats", {}),
         constants=var_shardings.get("constants", {}),
         opt_state=opt_sharding)
-
-    def create_state(rng):
-      variables = nn.unbox(init_variables(rng))
-      params = variables["params"]
-      return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                        batch_stats=variables.get("batch_stats", {}),
-                        constants=variables.get("constants", {}),
-                        opt_state=tx.init(params))
-
     abstract_state = _abstract(jax.eval_shape(create_state, init_rng),
                                state_sharding)
-    train_step = jax.jit(
-        make_train_step(model, tx, info),
-        in_shardings=(state_sharding, data_sharding, replicated),
-        out_shardings=(state_sharding, replicated), donate_argnums=(0,))
-    eval_step = jax.jit(make_eval_step(model, info),
-                        in_shardings=(state_sharding, data_sharding,
-                                      replicated),
-                        out_shardings=replicated)
+  train_step = jax.jit(
+      make_train_step(model, tx, info),
+      in_shardings=(state_sharding, data_sharding, replicated),
+      out_shardings=(state_sharding, replicated), donate_argnums=(0,))
+  eval_step = jax.jit(make_eval_step(model, info),
+                      in_shardings=(state_sharding, data_sharding, replicated),
+                      out_shardings=replicated)
+  init_state = functools.partial(
+      jax.jit(create_state, out_shardings=state_sharding), init_rng)
+  return _Setup(
+      config=config, task=task, info=info, sources=sources,
+      val_batches=pipeline.make_eval_iterable(
+          task, config.data, "validation", source=sources["validation"]),
+      steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+      eval_every=config.train.eval_every_steps or steps_per_epoch,
+      schedules=schedules, metric_name=metric_name, metric_mode=metric_mode,
+      mesh=mesh, rules=rules, data_sharding=data_sharding,
+      abstract_state=abstract_state, init_state=init_state,
+      dropout_rng=dropout_rng, train_step=train_step, eval_step=eval_step,
+      is_main=jax.process_index() == 0)
 
-    train_iter = pipeline.make_train_iterator(
-        task, config.data, seed=config.seed, source=sources["train"])
-    val_batches = pipeline.make_eval_iterable(
-        task, config.data, "validation", source=sources["validation"])
 
-    # Checkpoints: resume if there is one.
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    best_dir = os.path.join(workdir, "checkpoints_best")
-    manager = _checkpoint_manager(
-        ckpt_dir, max_to_keep=config.train.keep_checkpoints, best=False)
-    best_manager = _checkpoint_manager(best_dir, max_to_keep=1, best=True,
-                                       metric=metric_name, mode=metric_mode)
-    latest = manager.latest_step()
-    # Early stopping: the best validation value so far, the evaluations since
-    # it, and whether the run has stopped (all saved with each checkpoint).
-    stopping = {"best": None, "evals_since_best": 0, "stopped_early": False}
-    if latest is None:
-      state = jax.jit(create_state, out_shardings=state_sharding)(init_rng)
-    else:
-      logging.info("resuming from %s step %d", ckpt_dir, latest)
-      restored = manager.restore(latest, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state),
-          data=grain.checkpoint.CheckpointRestore(train_iter),
-          meta=ocp.args.JsonRestore()))
-      state = restored["state"]
-      dropout_rng = jax.random.wrap_key_data(
-          np.asarray(restored["meta"]["dropout_rng"], np.uint32))
-      stopping.update(restored["meta"].get("early_stopping", {}))
-    start_step = int(jax.device_get(state.step))
-    # Best-by-validation checkpoints the interrupted run wrote after the
-    # checkpoint it resumes from are redone by this run.
-    for step in best_manager.all_steps():
-      if step > start_step:
-        best_manager.delete(step)
+@dataclasses.dataclass
+class _Run:
+  """What the loop advances and checkpoints, and where it writes."""
+  state: TrainState
+  dropout_rng: jax.Array
+  # Early stopping: the best validation value so far, the evaluations since
+  # it, and whether the run has stopped (all saved with each checkpoint).
+  stopping: dict[str, Any]
+  train_iter: grain.DatasetIterator  # Its position is checkpointed.
+  manager: ocp.CheckpointManager  # The latest checkpoints (to resume).
+  best_manager: ocp.CheckpointManager  # The best-by-validation checkpoint.
+  writer: metrics_lib.MetricWriter
+  seed: int  # config.seed, saved with each checkpoint.
+  start_step: int  # The step the loop continues after.
+  validation: dict[str, float] | None = None  # This run's last evaluation.
 
-    writer = metrics_lib.MetricWriter(
-        workdir, resume_step=None if latest is None else start_step,
-        enabled=is_main)
+  def save(self, manager: ocp.CheckpointManager, step: int, metrics=None, *,
+           with_data: bool = True) -> None:
+    """Starts writing the checkpoint of ``step`` (asynchronously)."""
+    items = {"state": ocp.args.StandardSave(self.state)}
+    if with_data:
+      items["data"] = grain.checkpoint.CheckpointSave(self.train_iter)
+      items["meta"] = ocp.args.JsonSave({
+          "dropout_rng": np.asarray(
+              jax.random.key_data(self.dropout_rng)).tolist(),
+          "seed": self.seed, "early_stopping": dict(self.stopping)})
+    manager.save(step, args=ocp.args.Composite(**items), metrics=metrics,
+                 force=True)
 
-    def save(manager_, step, metrics=None, with_data=True):
-      items = {"state": ocp.args.StandardSave(state)}
-      if with_data:
-        items["data"] = grain.checkpoint.CheckpointSave(train_iter)
-        items["meta"] = ocp.args.JsonSave({
-            "dropout_rng": np.asarray(
-                jax.random.key_data(dropout_rng)).tolist(),
-            "seed": config.seed, "early_stopping": dict(stopping)})
-      manager_.save(step, args=ocp.args.Composite(**items), metrics=metrics,
-                    force=True)
+  def finish_writes(self) -> None:
+    """Waits for the checkpoints, stops the data workers, flushes the logs."""
+    self.manager.wait_until_finished()
+    self.best_manager.wait_until_finished()
+    self.train_iter.close()  # Stops grain's worker processes, if any.
+    self.writer.flush()
 
-    validation = None
-    sums, window, window_start = None, 0, time.perf_counter()
-    stop_after = config.train.stop_after_step
-    bar = tqdm.tqdm(total=total_steps, initial=start_step, unit="step",
-                    disable=not (config.train.progress_bar and is_main))
-    try:
-      for step in range(start_step + 1, total_steps + 1):
-        if stopping["stopped_early"]:
-          break
-        batch = partitioning.global_batch(next(train_iter), data_sharding)
-        state, step_metrics = train_step(state, batch, dropout_rng)
-        sums = step_metrics if sums is None else jax.tree.map(
-            jnp.add, sums, step_metrics)
-        window += 1
-        bar.update(1)
+  def close(self) -> None:
+    self.writer.close()
+    self.manager.close()
+    self.best_manager.close()
 
-        if step % config.train.log_every_steps == 0 or step == total_steps:
-          means = {k: float(v) / window for k, v in jax.device_get(sums).items()}
-          means["learning_rate"] = float(
-              schedules[optim_lib.DEFAULT_GROUP](step - 1))
-          means["epoch"] = step / steps_per_epoch
-          elapsed = time.perf_counter() - window_start
-          means["steps_per_second"] = window / max(elapsed, 1e-9)
-          writer.write(step, "train", means)
-          bar.set_postfix({k: f"{means[k]:.4f}" for k in ("loss", "accuracy")
-                           if k in means})
-          sums, window, window_start = None, 0, time.perf_counter()
 
-        if step % eval_every == 0 or step == total_steps:
-          validation = evaluate(eval_step, state, val_batches, data_sharding,
-                                config.train.eval_steps, seed=config.seed)
-          writer.write(step, "validation", validation)
-          value = validation[metric_name]
-          best = stopping["best"]
-          # Only a strict improvement counts (the first of equal values
-          # stays the best), as the Informer's early stopping.
-          if best is None or (value < best if metric_mode == "min"
-                              else value > best):
-            stopping["best"], stopping["evals_since_best"] = value, 0
-            save(best_manager, step, {metric_name: value}, with_data=False)
-          else:
-            stopping["evals_since_best"] += 1
-          if patience is not None and stopping["evals_since_best"] >= patience:
-            logging.info(
-                "early stopping at step %d: validation %s has not improved "
-                "for %d evaluations (train.early_stopping_patience)", step,
-                metric_name, patience)
-            stopping["stopped_early"] = True
-            save(manager, step)
-            break
+def _create_or_restore(setup: _Setup, workdir: str) -> _Run:
+  """A fresh run, or the one whose latest checkpoint is in ``workdir``: its
+  state, dropout key, data position and early-stopping record."""
+  config = setup.config
+  train_iter = pipeline.make_train_iterator(
+      setup.task, config.data, seed=config.seed, source=setup.sources["train"])
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  manager = _checkpoint_manager(
+      ckpt_dir, max_to_keep=config.train.keep_checkpoints, best=False)
+  best_manager = _checkpoint_manager(
+      os.path.join(workdir, "checkpoints_best"), max_to_keep=1, best=True,
+      metric=setup.metric_name, mode=setup.metric_mode)
+  latest = manager.latest_step()
+  stopping = {"best": None, "evals_since_best": 0, "stopped_early": False}
+  if latest is None:
+    state, dropout_rng = setup.init_state(), setup.dropout_rng
+  else:
+    logging.info("resuming from %s step %d", ckpt_dir, latest)
+    restored = manager.restore(latest, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(setup.abstract_state),
+        data=grain.checkpoint.CheckpointRestore(train_iter),
+        meta=ocp.args.JsonRestore()))
+    state = restored["state"]
+    dropout_rng = jax.random.wrap_key_data(
+        np.asarray(restored["meta"]["dropout_rng"], np.uint32))
+    stopping.update(restored["meta"].get("early_stopping", {}))
+  start_step = int(jax.device_get(state.step))
+  # Best-by-validation checkpoints the interrupted run wrote after the
+  # checkpoint it resumes from are redone by this run.
+  for step in best_manager.all_steps():
+    if step > start_step:
+      best_manager.delete(step)
+  writer = metrics_lib.MetricWriter(
+      workdir, resume_step=None if latest is None else start_step,
+      enabled=setup.is_main)
+  return _Run(state=state, dropout_rng=dropout_rng, stopping=stopping,
+              train_iter=train_iter, manager=manager,
+              best_manager=best_manager, writer=writer, seed=config.seed,
+              start_step=start_step)
 
-        if stop_after is not None and step >= stop_after:
-          logging.info("stopping after step %d (train.stop_after_step)", step)
-          break
-        if (step % config.train.checkpoint_every_steps == 0
+
+def _train_means(setup: _Setup, step: int, sums, window: int,
+                 window_start: float) -> dict[str, float]:
+  """The train record of the ``window`` steps up to ``step``."""
+  means = {k: float(v) / window for k, v in jax.device_get(sums).items()}
+  means["learning_rate"] = float(
+      setup.schedules[optim_lib.DEFAULT_GROUP](step - 1))
+  means["epoch"] = step / setup.steps_per_epoch
+  elapsed = time.perf_counter() - window_start
+  means["steps_per_second"] = window / max(elapsed, 1e-9)
+  return means
+
+
+def _evaluate_validation(setup: _Setup, run: _Run, step: int) -> bool:
+  """Evaluates ``run.state`` on the validation split, logs it, saves it if it
+  is the best so far; returns whether early stopping ends the run here."""
+  config = setup.config
+  run.validation = evaluate(setup.eval_step, run.state, setup.val_batches,
+                            setup.data_sharding, config.train.eval_steps,
+                            seed=config.seed)
+  run.writer.write(step, "validation", run.validation)
+  value = run.validation[setup.metric_name]
+  stopping = run.stopping
+  best = stopping["best"]
+  # Only a strict improvement counts (the first of equal values stays the
+  # best), as the Informer's early stopping.
+  if best is None or (value < best if setup.metric_mode == "min"
+                      else value > best):
+    stopping["best"], stopping["evals_since_best"] = value, 0
+    run.save(run.best_manager, step, {setup.metric_name: value},
+             with_data=False)
+  else:
+    stopping["evals_since_best"] += 1
+  patience = config.train.get("early_stopping_patience")
+  if patience is None or stopping["evals_since_best"] < patience:
+    return False
+  logging.info("early stopping at step %d: validation %s has not improved "
+               "for %d evaluations (train.early_stopping_patience)", step,
+               setup.metric_name, patience)
+  stopping["stopped_early"] = True
+  return True
+
+
+def _train_loop(setup: _Setup, run: _Run, hooks: Sequence[StepHook]) -> None:
+  """Trains from ``run.start_step`` to the last step, an early stop or
+  ``train.stop_after_step``: logs, evaluates and checkpoints on the way."""
+  config, total_steps = setup.config, setup.total_steps
+  stop_after = config.train.stop_after_step
+  sums, window, window_start = None, 0, time.perf_counter()
+  bar = tqdm.tqdm(total=total_steps, initial=run.start_step, unit="step",
+                  disable=not (config.train.progress_bar and setup.is_main))
+  try:
+    for step in range(run.start_step + 1, total_steps + 1):
+      if run.stopping["stopped_early"]:  # Resumed from the stopping step.
+        break
+      batch = partitioning.global_batch(next(run.train_iter),
+                                        setup.data_sharding)
+      run.state, step_metrics = setup.train_step(run.state, batch,
+                                                 run.dropout_rng)
+      sums = step_metrics if sums is None else jax.tree.map(
+          jnp.add, sums, step_metrics)
+      window += 1
+      bar.update(1)
+      if step % config.train.log_every_steps == 0 or step == total_steps:
+        means = _train_means(setup, step, sums, window, window_start)
+        run.writer.write(step, "train", means)
+        bar.set_postfix({k: f"{means[k]:.4f}" for k in ("loss", "accuracy")
+                         if k in means})
+        sums, window, window_start = None, 0, time.perf_counter()
+
+      stop = ((step % setup.eval_every == 0 or step == total_steps)
+              and _evaluate_validation(setup, run, step))
+      if stop:  # Early: the checkpoint records that the run has stopped.
+        run.save(run.manager, step)
+      elif stop_after is not None and step >= stop_after:
+        logging.info("stopping after step %d (train.stop_after_step)", step)
+        stop = True
+      elif (step % config.train.checkpoint_every_steps == 0
             or step == total_steps):
-          save(manager, step)
-        if step == _FAULT_KILL_AT_STEP:
-          # Fault injection for the kill-and-resume test: die at once, with
-          # the checkpoint of this step possibly still being written.
-          os.kill(os.getpid(), signal.SIGKILL)
-    finally:
-      bar.close()
-      manager.wait_until_finished()
-      best_manager.wait_until_finished()
-      train_iter.close()  # Stops grain's worker processes, if any.
-      writer.flush()
+        run.save(run.manager, step)
+      for hook in hooks:  # The checkpoint of this step may still be writing.
+        hook(step, run.state)
+      if stop:
+        break
+  finally:
+    bar.close()
+    run.finish_writes()
 
-    result = {"step": int(jax.device_get(state.step)), "validation": validation,
-              "stopped_early": stopping["stopped_early"]}
-    finished = result["step"] >= total_steps or stopping["stopped_early"]
+
+def _final_evaluation(setup: _Setup, run: _Run, workdir: str) -> dict:
+  """The test metrics of the best checkpoint (else of ``run.state``), logged
+  and written atomically to ``workdir/test_metrics.json``."""
+  config = setup.config
+  best_step = run.best_manager.best_step()
+  test_state = run.state
+  if best_step is not None:
+    test_state = run.best_manager.restore(best_step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(setup.abstract_state)))["state"]
+  test_batches = pipeline.make_eval_iterable(
+      setup.task, config.data, "test", source=setup.sources["test"])
+  test = evaluate(setup.eval_step, test_state, test_batches,
+                  setup.data_sharding, seed=config.seed)
+  # The step is the evaluated checkpoint's (the best validation one).
+  test_step = int(jax.device_get(test_state.step))
+  run.writer.write(test_step, "test", test)
+  test["step"] = test_step
+  if setup.is_main:  # Written atomically: a reader never sees half a file.
+    path = os.path.join(workdir, "test_metrics.json")
+    with open(path + ".tmp", "w") as f:
+      json.dump(test, f, indent=2)
+    os.replace(path + ".tmp", path)
+  return test
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       *, devices=None,
+                       hooks: Sequence[StepHook] = ()) -> dict[str, Any]:
+  """Trains ``config``'s model on its task, evaluating and checkpointing.
+
+  Args:
+    config: a config as configs/default.py describes (validated here).
+    workdir: the run directory; an existing checkpoint there is resumed.
+    devices: devices for the mesh (default: all of ``jax.devices()``).
+    hooks: ``hook(step, state)`` callables, called after every step once its
+      checkpoint, if it has one, has started writing (tests kill a run there).
+      ``state`` is that step's ``TrainState``; the next step donates it.
+
+  Returns:
+    ``{"step", "validation": last validation metrics, "stopped_early",
+    "test": test metrics (when the run has finished)}``.
+  """
+  if devices is None:
+    devices = jax.devices()
+  validate.validate_config(config, num_devices=len(devices),
+                           process_count=jax.process_count())
+  setup = _setup(config, devices)
+  with partitioning.mesh_context(setup.mesh, setup.rules):
+    run = _create_or_restore(setup, workdir)
+    _train_loop(setup, run, hooks)
+    step = int(jax.device_get(run.state.step))
+    result = {"step": step, "validation": run.validation,
+              "stopped_early": run.stopping["stopped_early"]}
+    finished = step >= setup.total_steps or run.stopping["stopped_early"]
     if finished and config.train.test_at_end:
-      best_step = best_manager.best_step()
-      test_state = state
-      if best_step is not None:
-        test_state = best_manager.restore(best_step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state)))["state"]
-      test_batches = pipeline.make_eval_iterable(
-          task, config.data, "test", source=sources["test"])
-      test = evaluate(eval_step, test_state, test_batches, data_sharding,
-                      seed=config.seed)
-      # The step is the evaluated checkpoint's (the best validation one).
-      writer.write(int(jax.device_get(test_state.step)), "test", test)
-      test["step"] = int(jax.device_get(test_state.step))
-      if is_main:  # Written atomically: a reader never sees half a file.
-        path = os.path.join(workdir, "test_metrics.json")
-        with open(path + ".tmp", "w") as f:
-          json.dump(test, f, indent=2)
-        os.replace(path + ".tmp", path)
-      result["test"] = test
-    writer.close()
-    manager.close()
-    best_manager.close()
-    return result
+      result["test"] = _final_evaluation(setup, run, workdir)
+    run.close()
+  return result
 
 
 def restore_model(config: ml_collections.ConfigDict, workdir: str, *,
@@ -536,6 +637,7 @@ def restore_model(config: ml_collections.ConfigDict, workdir: str, *,
     ``(model, variables, step)``: ``model.apply(variables, inputs, mask)``
     evaluates the checkpoint of optimizer step ``step``.
   """
+  validate.validate_config(config)  # Mesh unchecked: this is one device.
   if info is None:
     info = validate.find_task(config.data.task).info(config.data)
   model = models.build_model(config.model, info)
