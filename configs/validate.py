@@ -10,6 +10,8 @@ from typing import Any
 
 import ml_collections
 
+from configs import checks
+
 NORMS = ("layer", "batch", "rms")
 OUTPUTS = ("glu", "linear", "none")
 POOLS = ("mean", "last", "max", "cls")
@@ -24,37 +26,11 @@ S4_INITS = ("legs", "lin", "inv")
 S4_DISCRETIZATIONS = ("zoh", "bilinear")
 
 
-def _fail(field: str, value: Any, why: str):
-  raise ValueError(f"{field}={value!r} {why}")
-
-
-def _check_choice(field: str, value: Any, choices) -> None:
-  if value not in choices:
-    _fail(field, value, f"is not one of {tuple(choices)}")
-
-
-def _check_int(field: str, value: Any, *, minimum: int | None = None,
-               optional: bool = False) -> None:
-  if value is None and optional:
-    return
-  if not isinstance(value, int) or isinstance(value, bool):
-    _fail(field, value, "must be an integer")
-  if minimum is not None and value < minimum:
-    _fail(field, value, f"must be >= {minimum}")
-
-
-def _check_float(field: str, value: Any, *, low: float | None = None,
-                 high: float | None = None, low_open: bool = False,
-                 optional: bool = False) -> None:
-  if value is None and optional:
-    return
-  if not isinstance(value, (int, float)) or isinstance(value, bool) or (
-      not math.isfinite(value)):
-    _fail(field, value, "must be a finite number")
-  if low is not None and (value <= low if low_open else value < low):
-    _fail(field, value, f"must be {'>' if low_open else '>='} {low}")
-  if high is not None and value > high:
-    _fail(field, value, f"must be <= {high}")
+# The checkers live in configs/checks.py, which task and mixer modules import too.
+_fail = checks.fail
+_check_choice = checks.check_choice
+_check_int = checks.check_int
+_check_float = checks.check_float
 
 
 def _describe(shape: dict[str, int]) -> str:
@@ -153,15 +129,11 @@ def validate_config(config: ml_collections.ConfigDict, *,
 
   _check_int("seed", config.seed, minimum=0)
 
-  # data
+  # data: the fields every task shares, then the task's own (data.<task>.*).
   data = config.data
-  find_task(data.task)
+  task = find_task(data.task)
   for field in ("num_train", "num_validation", "num_test"):
     _check_int(f"data.{field}", data[field], minimum=1, optional=True)
-  _check_int("data.max_length", data.max_length, minimum=1)
-  _check_int("data.resolution", data.resolution, minimum=1)
-  _check_choice("data.difficulty", data.difficulty,
-                ("easy", "intermediate", "hard"))
   _check_int("data.batch_size", data.batch_size, minimum=1)
   _check_int("data.eval_batch_size", data.eval_batch_size, minimum=1)
   _check_int("data.worker_count", data.worker_count, minimum=0)
@@ -170,6 +142,8 @@ def validate_config(config: ml_collections.ConfigDict, *,
                        ("data.eval_batch_size", data.eval_batch_size)):
     if value % process_count:
       _fail(field, value, f"is not divisible by the {process_count=}")
+  task.validate(data)
+  info = task.info(data)
 
   # model
   model = config.model
@@ -200,14 +174,13 @@ def validate_config(config: ml_collections.ConfigDict, *,
             f"cannot follow model.sgconv.channels={model.sgconv.channels}: the "
             "mixer then returns channels * d_model features, which the output "
             "projection ('glu' or 'linear') maps back to d_model")
-    if model.sgconv.l_max is not None and model.sgconv.l_max < data.max_length:
+    if model.sgconv.l_max is not None and model.sgconv.l_max < info.max_length:
       _fail("model.sgconv.l_max", model.sgconv.l_max,
-            f"is shorter than data.max_length={data.max_length}: the kernel "
-            "must cover the longest input (None = data.max_length)")
+            f"is shorter than the task's length {info.max_length}: the kernel "
+            "must cover the longest input (None = the task's length)")
   _check_mixer_fields(model, registry.MIXERS[model.mixer])
   _check_int("model.dense_rank", model.get("dense_rank"), minimum=1,
              optional=True)
-  info = find_task(data.task).info(data)
   if getattr(info, "output_kind", "class") == "forecast":
     _validate_forecast(config, info, registry)
   if getattr(info, "output_kind", "class") == "tokens":
@@ -394,7 +367,6 @@ def _check_mixer_fields(model: ml_collections.ConfigDict, mixer_cls,
 
 INFORMER_ATTNS = ("prob", "full")
 INFORMER_EMBEDS = ("timeF", "fixed", "learned")
-ETT_FEATURES = ("M", "S", "MS")
 
 
 def _validate_forecast(config: ml_collections.ConfigDict, info,
@@ -412,19 +384,14 @@ def _validate_forecast(config: ml_collections.ConfigDict, info,
   _check_int("model.informer.d_layers", inf.d_layers, minimum=1)
   _check_int("model.informer.d_ff", inf.d_ff, minimum=1)
   _check_choice("model.informer.embed", inf.embed, INFORMER_EMBEDS)
-  timeenc = data.get("timeenc", 1)
+  # The forecasting task's windows are checked by its own validate; the time
+  # encoding must match the embedding.
+  timeenc = data[data.task].get("timeenc", 1) if data.task in data else 1
   if (inf.embed == "timeF") != (timeenc == 1):
     _fail("model.informer.embed", inf.embed,
-          f"does not match data.timeenc={timeenc} (timeF embeds the real "
-          "time features of timeenc=1; fixed/learned embed the integer ones "
+          f"does not match data.{data.task}.timeenc={timeenc} (timeF embeds the "
+          "real time features of timeenc=1; fixed/learned embed the integer ones "
           "of timeenc=0)")
-  for field in ("seq_len", "label_len", "pred_len"):
-    _check_int(f"data.{field}", data.get(field), minimum=1)
-  if data.label_len > data.seq_len:
-    _fail("data.label_len", data.label_len,
-          f"is longer than data.seq_len={data.seq_len}: the decoder's known "
-          "start is the end of the input window")
-  _check_choice("data.features", data.get("features"), ETT_FEATURES)
   if inf.encoder_mixer is not None:
     if inf.encoder_mixer not in registry.MIXERS:
       _fail("model.informer.encoder_mixer", inf.encoder_mixer,
