@@ -3,7 +3,7 @@ r"""Pathfinder generator: images per second, and image statistics vs the officia
   python benchmarks/bench_pathfinder_gen.py [--num32 400] [--num128 100] [--workers 2] \
       [--official /tmp/official/B/pf32_cl14 ...] [--out benchmarks/results/pathfinder_gen.json]
 
-Speed: ``data.pathfinder_gen.generate_dataset`` end to end (PNG files and metadata) with
+Speed: ``data.pathfinder_write.generate_dataset`` end to end (PNG files and metadata) with
 ``--workers`` processes, for Pathfinder-32 and Path-X (128), hard (contour length 14)
 unless ``--difficulties`` says otherwise; plus one process without file output.
 
@@ -30,9 +30,11 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from data import pathfinder_gen  # noqa: E402
+from data import pathfinder_params  # noqa: E402
+from data import pathfinder_sample  # noqa: E402
+from data import pathfinder_write  # noqa: E402
 
-_LENGTH_TO_DIFFICULTY = {v[1]: k for k, v in pathfinder_gen.DIFFICULTIES.items()}
+_LENGTH_TO_DIFFICULTY = {v[1]: k for k, v in pathfinder_params.DIFFICULTIES.items()}
 
 
 def _pixel_stats(image):
@@ -41,8 +43,8 @@ def _pixel_stats(image):
 
 def _our_chunk(job):
   resolution, difficulty, seed, count = job
-  params = pathfinder_gen.official_params(resolution, difficulty)
-  sampler = pathfinder_gen.ImageSampler(params, np.random.default_rng([seed, 99]))
+  params = pathfinder_params.official_params(resolution, difficulty)
+  sampler = pathfinder_sample.ImageSampler(params, np.random.default_rng([seed, 99]))
   rows = []
   for i in range(count):
     image, info = sampler(i % 2)
@@ -109,11 +111,11 @@ def speed(resolution, difficulty, num, workers):
   """
   with tempfile.TemporaryDirectory() as tmp:
     start, cpu = time.perf_counter(), _cpu_seconds()
-    pathfinder_gen.generate_dataset(tmp, resolution=resolution, difficulty=difficulty,
+    pathfinder_write.generate_dataset(tmp, resolution=resolution, difficulty=difficulty,
                                     num_images=num, workers=workers, progress=False)
     wall, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
-  params = pathfinder_gen.official_params(resolution, difficulty)
-  sampler = pathfinder_gen.ImageSampler(params, np.random.default_rng(123))
+  params = pathfinder_params.official_params(resolution, difficulty)
+  sampler = pathfinder_sample.ImageSampler(params, np.random.default_rng(123))
   sampler(0)  # stamps
   count = max(4, num // (2 * workers))
   start = time.process_time()

@@ -3,7 +3,7 @@ and the training-free mitigations of Chen et al., "Stuffed Mamba" (arXiv
 2410.07145).
 
 1. Trains the probe model of ``--config`` (default configs/probe_passkey.py:cpu,
-   trained at ``data.max_length`` = T tokens) in ``--workdir``, or resumes /
+   trained at ``data.<task>.max_length`` = T tokens) in ``--workdir``, or resumes /
    reuses the run there.
 2. Evaluates its best checkpoint on fresh passkey (or MQAR) sequences of
    ``m * T`` tokens for every multiple ``m`` in ``--multiples`` (1x to 16x), the
@@ -93,15 +93,19 @@ def parse_setting(text: str, train_length: int, auto_norm: float | None):
 
 
 def make_eval_data(config, length: int, num_examples: int, seed: int):
-  from data import probes  # pylint: disable=g-import-not-at-top
   data = config.data
   if data.task == "passkey":
-    return probes.passkey_batch(seed, num_examples, length,
-                                key_length=data.key_length, depth=None)
+    from data import passkey_gen  # pylint: disable=g-import-not-at-top
+    return passkey_gen.passkey_batch(seed, num_examples, length,
+                                     key_length=data.passkey.key_length, depth=None)
   if data.task == "mqar":
-    return probes.mqar_batch(seed, num_examples, length,
-                             num_kv_pairs=data.num_kv_pairs,
-                             power_a=data.mqar_power_a)
+    from data import mqar_gen  # pylint: disable=g-import-not-at-top
+    mqar = data.mqar
+    # The trained model's vocabulary and noise (data.mqar), at another length.
+    return mqar_gen.mqar_batch(seed, num_examples, length,
+                               num_kv_pairs=mqar.num_kv_pairs,
+                               vocab_size=mqar.vocab_size, power_a=mqar.power_a,
+                               random_non_queries=mqar.random_non_queries)
   raise ValueError(f"data.task={data.task!r} is not a probe (passkey, mqar)")
 
 
@@ -120,8 +124,8 @@ def key_depth(batch: dict, task: str) -> np.ndarray | None:
   """Passkey: where the key sits, as a fraction of the length (0 = start)."""
   if task != "passkey":
     return None
-  from data import probes  # pylint: disable=g-import-not-at-top
-  is_digit = np.isin(batch["inputs"], probes.DIGIT_IDS)
+  from data import passkey_gen  # pylint: disable=g-import-not-at-top
+  is_digit = np.isin(batch["inputs"], passkey_gen.DIGIT_IDS)
   return is_digit.argmax(axis=1) / batch["inputs"].shape[1]
 
 
@@ -171,8 +175,8 @@ def main():
   parser.add_argument("--data-dir", default=None,
                       help="TFDS directory (config.data.data_dir)")
   parser.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
-                      help="config overrides, e.g. data.lm_loss=true "
-                           "data.max_length=1024")
+                      help="config overrides, e.g. data.passkey.lm_loss=true "
+                           "data.passkey.max_length=1024")
   parser.add_argument("--multiples", type=int, nargs="+",
                       default=[1, 2, 4, 8, 16])
   parser.add_argument("--num-examples", type=int, default=128)
@@ -209,7 +213,7 @@ def main():
     train_result = trainer.train_and_evaluate(config, args.workdir)
   train_seconds = time.perf_counter() - t0
   model, variables, step = trainer.restore_model(config, args.workdir)
-  T = config.data.max_length
+  T = config.data[config.data.task].max_length
   print(f"model of step {step}, trained at T={T} tokens "
         f"({train_seconds:.0f} s training in this call)", flush=True)
 

@@ -157,12 +157,13 @@ def get_config(preset: str = "etth1_m_24") -> ml_collections.ConfigDict:
   data.task = "ett"
   data.batch_size = 32
   data.eval_batch_size = 32
-  data.timeenc = 1
-  data.freq = "h"
-  data.target = "OT"
+  ett = data.ett
+  ett.timeenc = 1
+  ett.freq = "h"
+  ett.target = "OT"
   if preset in ("cpu", "test"):
-    data.ett_name, data.features = "ETTh1", "M"
-    data.seq_len, data.label_len, data.pred_len = 48, 24, 24
+    ett.name, ett.features = "ETTh1", "M"
+    ett.seq_len, ett.label_len, ett.pred_len = 48, 24, 24
     model = config.model
     if preset == "cpu":
       model.d_model = 128
@@ -170,7 +171,7 @@ def get_config(preset: str = "etth1_m_24") -> ml_collections.ConfigDict:
       model.informer.n_heads = 4
       config.train.num_epochs = 3
     else:
-      data.seq_len, data.label_len, data.pred_len = 16, 8, 8
+      ett.seq_len, ett.label_len, ett.pred_len = 16, 8, 8
       data.batch_size = data.eval_batch_size = 16
       model.d_model = 16
       model.informer.d_ff = 32
@@ -182,10 +183,9 @@ def get_config(preset: str = "etth1_m_24") -> ml_collections.ConfigDict:
   else:
     key = preset_key(preset)
     seq_len, label_len, overrides = SCRIPT_SETTINGS[key]
-    data.ett_name, data.features, data.pred_len = key
-    data.seq_len, data.label_len = seq_len, label_len
+    ett.name, ett.features, ett.pred_len = key
+    ett.seq_len, ett.label_len = seq_len, label_len
     for field, value in overrides.items():
       config.model.informer[field] = value
-  data.max_length = data.seq_len
   config.lock()
   return config

@@ -30,18 +30,11 @@ def get_config(preset: str = "full") -> ml_collections.ConfigDict:
 
   data = config.data
   data.task = "listops"
-  data.max_length = 2000
   data.batch_size = 32
   data.eval_batch_size = 64
-  with config.unlocked():
-    # Generator options (data/listops.py GeneratorOptions); None = official.
-    data.listops = ml_collections.ConfigDict()
-    # Keep expressions with min_length < length < max_length (characters of
-    # the source string, as LRA's generator).
-    data.listops.min_length = ml_collections.config_dict.placeholder(int)
-    data.listops.max_length = ml_collections.config_dict.placeholder(int)
-    # Depth limit of the expression trees.
-    data.listops.max_depth = ml_collections.config_dict.placeholder(int)
+  # The task's fields (data/listops.py config()): LRA's length and generator.
+  listops = data.listops
+  listops.max_length = 2000
 
   default.s4_lra(config, d_state=4, prenorm=False, learning_rate=0.01,
                  warmup_steps=12_000)
@@ -63,10 +56,10 @@ def get_config(preset: str = "full") -> ml_collections.ConfigDict:
 
   if preset == "cpu":
     data.num_train, data.num_validation, data.num_test = 8000, 500, 500
-    data.max_length = 256
-    data.listops.min_length = 32
-    data.listops.max_length = 256
-    data.listops.max_depth = 6
+    listops.max_length = 256
+    listops.generate_min_length = 32
+    listops.generate_max_length = 256
+    listops.generate_max_depth = 6
     data.eval_batch_size = 40
     model.n_layers = 4
     model.d_model = 64
@@ -77,10 +70,10 @@ def get_config(preset: str = "full") -> ml_collections.ConfigDict:
     train.checkpoint_every_steps = 250
   elif preset == "test":
     data.num_train, data.num_validation, data.num_test = 64, 24, 24
-    data.max_length = 64
-    data.listops.min_length = 8
-    data.listops.max_length = 64
-    data.listops.max_depth = 4
+    listops.max_length = 64
+    listops.generate_min_length = 8
+    listops.generate_max_length = 64
+    listops.generate_max_depth = 4
     data.batch_size = 8
     data.eval_batch_size = 16
     model.n_layers = 1

@@ -28,8 +28,8 @@ def get_config(preset: str = "full") -> ml_collections.ConfigDict:
 
   data = config.data
   data.task = "pathfinder"
-  data.resolution = 32
-  data.difficulty = "hard"
+  data.pathfinder.resolution = 32
+  data.pathfinder.difficulty = "hard"
   data.batch_size = 64
   data.eval_batch_size = 128
 
@@ -45,7 +45,7 @@ def get_config(preset: str = "full") -> ml_collections.ConfigDict:
 
   if preset == "cpu":
     data.num_train, data.num_validation, data.num_test = 2048, 256, 256
-    data.difficulty = "easy"
+    data.pathfinder.difficulty = "easy"
     data.batch_size = 32
     data.eval_batch_size = 128
     model.n_layers = 2

@@ -27,7 +27,9 @@ def get_config(preset: str = "full") -> ml_collections.ConfigDict:
   config = lra_pathfinder.get_config(preset)  # Also rejects unknown presets.
   data, model, optim, train = config.data, config.model, config.optim, config.train
   data.task = "pathx"
-  data.resolution = 128
+  data.pathx.resolution = 128
+  # The Pathfinder file's difficulty per preset (hard; easy for cpu).
+  data.pathx.difficulty = data.pathfinder.difficulty
   data.batch_size = 16
   data.eval_batch_size = 32
   model.s4.dt_min = 1e-4

@@ -25,15 +25,18 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
   config = probe_passkey.get_config(preset)
   data = config.data
   data.task = "mqar"
-  data.num_kv_pairs = 8
-  data.mqar_power_a = 0.01
-  data.mqar_vocab_size = 8192
-  data.mqar_random_non_queries = True
-  data.lm_loss = False  # Zoology's loss: the queried values only.
+  mqar = data.mqar
+  # The passkey file's training length per preset.
+  mqar.max_length = data.passkey.max_length
+  mqar.num_kv_pairs = 8
+  mqar.power_a = 0.01
+  mqar.vocab_size = 8192
+  mqar.random_non_queries = True
+  mqar.lm_loss = False  # Zoology's loss: the queried values only.
   if preset == "full":
-    data.max_length = 256
+    mqar.max_length = 256
   elif preset == "test":
-    data.max_length = 64
-    data.num_kv_pairs = 4
-    data.mqar_vocab_size = 128
+    mqar.max_length = 64
+    mqar.num_kv_pairs = 4
+    mqar.vocab_size = 128
   return config

@@ -1,18 +1,18 @@
 """Passkey retrieval with a small Mamba-2 language model, to study state collapse
 (``--config configs/probe_passkey.py:PRESET``).
 
-The model is trained on sequences of ``data.max_length`` tokens and evaluated by
+The model is trained on sequences of ``data.passkey.max_length`` tokens and evaluated by
 benchmarks/study_state_collapse.py at 1x to 16x that length, with and without the
 training-free mitigations of Chen et al., "Stuffed Mamba: Oversized States Lead to
 the Inability to Forget" (arXiv 2410.07145), which are switches on the Mamba-2 layer
 (``model.mamba2.decay_scale``, ``insert_scale``, ``state_norm``, ``window``). Their
 fourth remedy, training on longer sequences, is this file with a larger
-``data.max_length``.
+``data.passkey.max_length``.
 
 The model is a language model: it is trained on every next token of the prompt
-(``data.lm_loss = True``; the filler, the key sentence, the question and the
+(``data.passkey.lm_loss = True``; the filler, the key sentence, the question and the
 answer), and its accuracy scores the answer digits (exact match of all of them).
-With ``--config.data.lm_loss=False`` only the answer digits are in the loss.
+With ``--config.data.passkey.lm_loss=False`` only the answer digits are in the loss.
 
 Model: the Mamba-2 language-model block (pre-norm RMSNorm -> Mamba2 -> + x, no
 feed-forward, a final RMSNorm), as the official MambaLMHeadModel stacks it
@@ -68,13 +68,14 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
   config.seed = 0
   data = config.data
   data.task = "passkey"
-  data.key_length = 5
-  data.passkey_depth = None  # Uniform depth in training.
-  data.lm_loss = True
+  passkey = data.passkey
+  passkey.key_length = 5
+  passkey.depth = None  # Uniform depth in training.
+  passkey.lm_loss = True
   train = config.train
 
   if preset == "full":
-    data.max_length = 1024
+    passkey.max_length = 1024
     data.num_train, data.num_validation, data.num_test = 200_000, 1000, 1000
     data.batch_size, data.eval_batch_size = 64, 64
     mamba2_lm(config, d_model=256, n_layers=4, d_state=64, head_dim=64,
@@ -84,7 +85,7 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
     train.eval_every_steps = 1000
     train.checkpoint_every_steps = 1000
   elif preset == "cpu":
-    data.max_length = 256
+    passkey.max_length = 256
     data.num_train, data.num_validation, data.num_test = 96_000, 512, 512
     data.batch_size, data.eval_batch_size = 32, 64
     mamba2_lm(config, d_model=64, n_layers=2, d_state=32, head_dim=16,
@@ -94,7 +95,7 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
     train.eval_every_steps = 500
     train.checkpoint_every_steps = 500
   else:
-    data.max_length = 96  # The passkey prompt alone takes 71 tokens.
+    passkey.max_length = 96  # The passkey prompt alone takes 71 tokens.
     data.num_train, data.num_validation, data.num_test = 64, 16, 16
     data.batch_size, data.eval_batch_size = 8, 8
     mamba2_lm(config, d_model=16, n_layers=1, d_state=8, head_dim=8,

@@ -1,4 +1,4 @@
-"""ETT (Electricity Transformer Temperature): TFDS builder, forecasting windows, task.
+"""ETT (Electricity Transformer Temperature): CSV reader, forecasting windows, the task.
 
 ETT (Zhou et al., 2021, "Informer: Beyond Efficient Transformer for Long Sequence
 Time-Series Forecasting"; data github.com/zhouhaoyi/ETDataset, folder ``ETT-small``):
@@ -37,7 +37,8 @@ Facts taken from the official code (zhouhaoyi/Informer2020, ``data/data_loader.p
   the integers ``[month, day, weekday, hour]`` (``"h"``), ``+ minute // 15``
   (``"t"``). :func:`time_features` has every frequency of the official table.
 
-Storage. The builder ``ett`` (configs ``ETTh1``, ``ETTh2``, ``ETTm1``, ``ETTm2``)
+Storage. The builder ``ett`` (``data.ett_builder``; configs ``ETTh1``, ``ETTh2``,
+``ETTm1``, ``ETTm2``)
 stores the raw rows of each split as ONE example: ``date`` int64 ``[n]`` (seconds
 since 1970-01-01, naive local time as written in the file) and ``values`` float64
 ``[n, 7]`` exactly as parsed (the official code reads float64 with pandas). Windows
@@ -59,14 +60,13 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
-import pathlib
 import re
 from typing import Any, Mapping, Sequence
 
-from etils import epath
+import ml_collections
 import numpy as np
-import tensorflow_datasets as tfds
 
+from configs import checks
 from data import tasks
 
 HEADER = ("date", "HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT")
@@ -428,98 +428,55 @@ class EttWindows:
 
 
 # ----------------------------------------------------------------------------
-# TFDS builder.
-
-_DESCRIPTION = (
-    "ETT (Zhou et al. 2021): electricity transformer loads HUFL..LULL and oil "
-    "temperature OT; the raw rows of the official 12/4/4-month train/validation/test "
-    "split, one example per split (date: int64 seconds [n], values: float64 [n, 7]).")
-
-_MANUAL_INSTRUCTIONS = """\
-Download ETTh1.csv, ETTh2.csv, ETTm1.csv or ETTm2.csv from
-https://github.com/zhouhaoyi/ETDataset (folder ETT-small) and set data.manual_dir to
-the folder that holds it. Without data.manual_dir the builder downloads the file.
-"""
-
-
-@dataclasses.dataclass(eq=False)
-class EttConfig(tfds.core.BuilderConfig):
-  """One ETT file."""
-
-
-class Ett(tfds.core.GeneratorBasedBuilder):
-  """ETT raw rows per split (see the module docstring)."""
-
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Raw rows of the official Informer split, one example per split."}
-  MANUAL_DOWNLOAD_INSTRUCTIONS = _MANUAL_INSTRUCTIONS
-  BUILDER_CONFIGS = [
-      EttConfig(name=n, description=f"{n}.csv, "
-                f"{'15-minute' if rows_per_hour(n) == 4 else 'hourly'} rows")
-      for n in NAMES
-  ]
-  DEFAULT_BUILDER_CONFIG_NAME = "ETTh1"
-
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls) -> epath.Path:
-    # TFDS's default probes `importlib_resources`, not installed here.
-    return epath.Path(__file__)
-
-  def __init__(self, *, manual_dir: str | os.PathLike | None = None, **kwargs):
-    """``manual_dir``: folder holding ``<name>.csv``; None downloads it."""
-    self._csv_dir = manual_dir
-    super().__init__(**kwargs)
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    return self.dataset_info_from_configs(
-        description=_DESCRIPTION,
-        features=tfds.features.FeaturesDict({
-            # Raw bytes: the default encoding stores float64 as float32.
-            "date": tfds.features.Tensor(shape=(None,), dtype=np.int64,
-                                         encoding=tfds.features.Encoding.BYTES),
-            "values": tfds.features.Tensor(shape=(None, len(COLUMNS)), dtype=np.float64,
-                                           encoding=tfds.features.Encoding.BYTES),
-        }),
-        homepage="https://github.com/zhouhaoyi/ETDataset",
-        citation=("@inproceedings{zhou2021informer, title={Informer: Beyond Efficient "
-                  "Transformer for Long Sequence Time-Series Forecasting}, author={Zhou, "
-                  "Haoyi and others}, booktitle={AAAI}, year={2021}}"),
-    )
-
-  def _split_generators(self, dl_manager):
-    name = self.builder_config.name
-    if self._csv_dir is not None:
-      path = pathlib.Path(self._csv_dir).expanduser() / f"{name}.csv"
-      if not path.is_file():
-        raise FileNotFoundError(f"no {path}; {_MANUAL_INSTRUCTIONS}")
-    else:
-      path = dl_manager.download(URL.format(name=name))
-    dates, values = read_csv(path)
-    ranges = split_rows(name)
-    end = ranges["test"][1]
-    if dates.shape[0] < end:
-      raise ValueError(f"{path} has {dates.shape[0]} rows; the official {name} split "
-                       f"needs {end} (20 months of {rows_per_month(name)} rows)")
-    return {split: self._generate_examples(split, dates[a:b], values[a:b])
-            for split, (a, b) in ranges.items()}
-
-  def _generate_examples(self, split, dates, values):
-    yield split, {"date": dates, "values": values}
-
-
-# ----------------------------------------------------------------------------
 # Task.
 
 
-def _field(cfg: Any, name: str, default: Any = None) -> Any:
-  return tasks.config_field(cfg, name, default)
+def config() -> ml_collections.ConfigDict:
+  """``config.data.ett``: the ETT task's fields, defaults of Informer's ETTh1 run."""
+  cfg = ml_collections.ConfigDict()
+  # Which file: "ETTh1", "ETTh2" (hourly), "ETTm1", "ETTm2" (15 minutes).
+  cfg.name = "ETTh1"
+  # "M": all 7 series in and out; "S": the target alone; "MS": all in, the target
+  # out.
+  cfg.features = "M"
+  # The target column of "S" and "MS".
+  cfg.target = "OT"
+  # Encoder input length, length of the decoder's known start (the end of the
+  # input window) and forecast horizon, in rows.
+  cfg.seq_len = 96
+  cfg.label_len = 48
+  cfg.pred_len = 24
+  # Time features: 1 = reals in [-0.5, 0.5] (Informer's embed="timeF"); 0 =
+  # integer month, day, weekday, hour (for fixed/learned temporal embeddings).
+  cfg.timeenc = 1
+  # Frequency of the time features: "h" (hourly) or "t" (minutes).
+  cfg.freq = "h"
+  return cfg
+
+
+def validate(data_config: ml_collections.ConfigDict) -> None:
+  """Checks ``config.data.ett``; errors name ``data.ett.<field>``."""
+  own = tasks.task_fields(data_config, TASK)
+  checks.check_choice("data.ett.name", own.name, NAMES)
+  checks.check_choice("data.ett.features", own.features, FEATURES)
+  checks.check_choice("data.ett.target", own.target, COLUMNS)
+  for field in ("seq_len", "label_len", "pred_len"):
+    checks.check_int(f"data.ett.{field}", own[field], minimum=1)
+  if own.label_len > own.seq_len:
+    checks.fail("data.ett.label_len", own.label_len,
+                f"is longer than data.ett.seq_len={own.seq_len}: the decoder's known "
+                "start is the end of the input window")
+  checks.check_choice("data.ett.timeenc", own.timeenc, (0, 1))
+  try:
+    time_feature_names(own.timeenc, own.freq)
+  except ValueError as e:
+    checks.fail("data.ett.freq", own.freq, f"has no time features ({e})")
 
 
 @dataclasses.dataclass(frozen=True)
 class EttOptions:
-  """The ``config.data`` fields the task reads (defaults: Informer's ETTh1 run)."""
-  ett_name: str = "ETTh1"
+  """The ``config.data.ett`` fields the task reads (defaults: :func:`config`)."""
+  name: str = "ETTh1"
   features: str = "M"
   target: str = "OT"
   seq_len: int = 96
@@ -530,15 +487,16 @@ class EttOptions:
 
   @classmethod
   def from_config(cls, data_config: Any) -> "EttOptions":
-    return cls(**{f.name: _field(data_config, f.name, f.default)
+    own = tasks.task_fields(data_config, TASK)
+    return cls(**{f.name: tasks.config_field(own, f.name, f.default)
                   for f in dataclasses.fields(cls)})
 
   def __post_init__(self):
-    rows_per_hour(self.ett_name)  # Validates the name.
+    rows_per_hour(self.name)  # Validates the name.
     if self.features not in FEATURES:
-      raise ValueError(f"data.features={self.features!r} must be one of {FEATURES}")
+      raise ValueError(f"data.ett.features={self.features!r} must be one of {FEATURES}")
     if self.target not in COLUMNS:
-      raise ValueError(f"data.target={self.target!r} must be one of {COLUMNS}")
+      raise ValueError(f"data.ett.target={self.target!r} must be one of {COLUMNS}")
     time_feature_names(self.timeenc, self.freq)  # Validates timeenc and freq.
 
   @property
@@ -554,40 +512,10 @@ class EttOptions:
     return num_time_features(self.timeenc, self.freq)
 
 
-def make_builder(data_config: Any) -> Ett:
-  """The builder for ``config.data`` (data_dir None = TFDS default ~/tensorflow_datasets)."""
-  manual_dir = _field(data_config, "manual_dir")
-  return Ett(config=EttOptions.from_config(data_config).ett_name,
-             data_dir=_field(data_config, "data_dir"), file_format="array_record",
-             manual_dir=os.path.expanduser(manual_dir) if manual_dir else None)
-
-
-def prepare(data_config: Any) -> Ett:
-  """Builds the dataset if it is missing and returns its builder."""
-  builder = make_builder(data_config)
-  builder.download_and_prepare()
-  return builder
-
-
-def load_rows(data_config: Any) -> tuple[np.ndarray, np.ndarray]:
-  """``(dates [n], values [n, 7])`` of the stored rows, splits in order (rows 0..20m)."""
-  builder = prepare(data_config)
-  dates, values = [], []
-  for split in SPLITS:
-    source = builder.as_data_source(split=split)
-    if len(source) != 1:
-      raise ValueError(f"the {split!r} split of {builder.info.full_name} holds "
-                       f"{len(source)} examples, expected 1")
-    example = source[0]
-    dates.append(np.asarray(example["date"], dtype=np.int64))
-    values.append(np.asarray(example["values"], dtype=np.float64))
-  return np.concatenate(dates), np.concatenate(values)
-
-
 def make_windows(dates: np.ndarray, values: np.ndarray, data_config: Any,
                  split: str) -> EttWindows:
   o = EttOptions.from_config(data_config)
-  return EttWindows(dates, values, name=o.ett_name, split=split, seq_len=o.seq_len,
+  return EttWindows(dates, values, name=o.name, split=split, seq_len=o.seq_len,
                     label_len=o.label_len, pred_len=o.pred_len, features=o.features,
                     target=o.target, timeenc=o.timeenc, freq=o.freq)
 
@@ -608,7 +536,8 @@ def task_info(data_config: Any) -> tasks.TaskInfo:
 
 
 def task_sources(data_config: Any) -> dict[str, EttWindows]:
-  dates, values = load_rows(data_config)
+  from data import ett_builder  # pylint: disable=g-import-not-at-top
+  dates, values = ett_builder.load_rows(data_config)
   return {split: make_windows(dates, values, data_config, split) for split in SPLITS}
 
 
@@ -619,4 +548,5 @@ def preprocess(example: Mapping[str, Any], data_config: Any) -> dict[str, np.nda
 
 
 TASK = tasks.register_task(tasks.Task(
-    name="ett", info=task_info, sources=task_sources, preprocess=preprocess))
+    name="ett", info=task_info, sources=task_sources, preprocess=preprocess,
+    config=config, validate=validate))

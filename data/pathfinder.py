@@ -1,152 +1,59 @@
-"""Pathfinder and Path-X (LRA): reader of the official files, TFDS builder, tasks.
+"""The "pathfinder" and "pathx" tasks (LRA): are the two marked dots connected?
 
-Data: the LRA release (``lra_release/pathfinder{32,64,128,256}/``) made with the official
-generator (github.com/drewlinsley/pathfinder), or our generator (``data.pathfinder_gen``)
-writing the same layout when ``config.data.manual_dir`` is None::
-
-  pathfinder<N>/<curv_baseline|curv_contour_length_9|curv_contour_length_14>/
-      imgs/<batch>/sample_<i>.png
-      metadata/<batch>.npy   text: "imgs/<batch> sample_<i>.png <i> <label> ..." per line
-
-Splits: one difficulty directory is one dataset. As S4 (``src/dataloaders/lra.py``,
-PathFinder.setup) does, 10% validation and 10% test (``int(0.1 * n)`` each), the rest
-train, assigned by a seed-42 permutation (numpy here; S4 uses torch.randperm, so the
-assignment differs but the sizes match); LRA's 80/10/10 slices of 200k images per
-difficulty give the same 160k/20k/20k. Unreadable images (the release has an empty
-``pathfinder32/curv_baseline/imgs/0/sample_172.png``) are skipped and counted in the log.
-
-Storage: uint8 ``[N, N]`` pixels for N <= 64 (1-4 KB each, nothing to decode); the PNG
-file's bytes for N >= 128 (Path-X: 16 KB raw vs ~3 KB PNG, i.e. 3.3 GB vs ~0.6 GB for
-200k images), decoded in ``preprocess`` as LRA does (``tf.image.decode_png``).
+Each task has its own config namespace, ``config.data.pathfinder`` and
+``config.data.pathx`` (:func:`pathfinder_config`, :func:`pathx_config`), with the
+same fields (``resolution``, ``difficulty``); Path-X is Pathfinder at 128 x 128. The
+TFDS builder and the reader of the official files are ``data.pathfinder_builder``
+(imported when the data is built), the generator ``data.pathfinder_params`` /
+``_render`` / ``_sample`` / ``_write``.
 
 Inputs follow S4: pixels / 255, normalised with mean 0.5 and std 0.5 (to [-1, 1]), as a
 sequence of N * N steps with one channel, in row-major order.
 """
-import dataclasses
 import io
-import os
-from typing import Any, Iterator, Mapping
+from typing import Any
 
-from absl import logging
-from etils import epath
 import ml_collections
 import numpy as np
-from PIL import Image
-import tensorflow_datasets as tfds
 
-from data import pathfinder_gen
+from configs import checks
 from data import tasks
+from data.pathfinder_params import DIFFICULTIES
 
-DIFFICULTY_DIRS = {name: d for name, (d, _) in pathfinder_gen.DIFFICULTIES.items()}
+DIFFICULTY_DIRS = {name: d for name, (d, _) in DIFFICULTIES.items()}
 RESOLUTIONS = (32, 64, 128, 256)
-# LRA / S4: 200k images per difficulty, 10% validation, 10% test.
-LRA_SPLIT_SIZES = {"train": 160_000, "validation": 20_000, "test": 20_000}
-SPLIT_SEED = 42  # S4's default "seed" for the split
+# Path-X is LRA's 128 x 128 Pathfinder; S4 also reports 256 x 256 ("Path-256").
+PATHX_RESOLUTIONS = (128, 256)
 SPLITS = ("train", "validation", "test")
-_PNG_MIN_RESOLUTION = 128
+# Images at least this large are stored as PNG bytes, smaller ones as pixels.
+PNG_MIN_RESOLUTION = 128
 
 
-@dataclasses.dataclass(frozen=True)
-class Record:
-  """One metadata line."""
-  image_path: str
-  label: int
-  metadata_file: str
-  line_number: int
+def pathfinder_config() -> ml_collections.ConfigDict:
+  """``config.data.pathfinder``: the Pathfinder task's fields and their defaults."""
+  cfg = ml_collections.ConfigDict()
+  # Image side in pixels (32, 64, 128, 256); the sequence has resolution**2 steps.
+  cfg.resolution = 32
+  # "easy" | "intermediate" | "hard" (contour length 6/9/14); LRA reports the hard
+  # setting.
+  cfg.difficulty = "hard"
+  return cfg
 
 
-def find_pathfinder_dir(manual_dir: str, resolution: int) -> str:
-  """The ``pathfinder<N>`` directory under an LRA release dir (or that dir itself)."""
-  name = f"pathfinder{resolution}"
-  candidates = [
-      os.path.join(manual_dir, name),
-      os.path.join(manual_dir, "lra_release", name),
-      os.path.join(manual_dir, "lra_release", "lra_release", name),
-  ]
-  if os.path.basename(os.path.normpath(manual_dir)) == name or any(
-      os.path.isdir(os.path.join(manual_dir, d)) for d in DIFFICULTY_DIRS.values()):
-    candidates.insert(0, manual_dir)
-  for path in candidates:
-    if os.path.isdir(path):
-      return path
-  raise FileNotFoundError(
-      f"no {name} directory for {manual_dir=}; looked at {candidates}. Point "
-      "config.data.manual_dir at the extracted LRA release (lra_release.gz from "
-      "github.com/google-research/long-range-arena) or set it to None to generate.")
-
-
-def _metadata_rows(path: str) -> Iterator[tuple[int, list[str]]]:
-  with open(path, "rb") as f:
-    raw = f.read()
-  if raw.startswith(b"\x93NUMPY"):
-    # snakes2.py itself writes a real .npy of strings; accept that form too.
-    rows = np.load(io.BytesIO(raw), allow_pickle=False)
-    for number, row in enumerate(np.atleast_2d(rows), start=1):
-      yield number, [str(v) for v in row]
-    return
-  for number, line in enumerate(raw.decode("utf-8").splitlines(), start=1):
-    if line.strip():
-      yield number, line.split()
-
-
-def read_metadata(difficulty_dir: str) -> list[Record]:
-  """Records of every metadata file, files in batch order, lines in file order.
-
-  Raises:
-    FileNotFoundError: there is no metadata file.
-    ValueError: a line that is not ``<subdir> <file> <index> <label 0|1> ...``, naming
-      the file and the line number.
-  """
-  meta_dir = os.path.join(difficulty_dir, "metadata")
-  if not os.path.isdir(meta_dir):
-    raise FileNotFoundError(f"no metadata directory {meta_dir}")
-  names = [f for f in os.listdir(meta_dir) if f.endswith(".npy")]
-  batches = sorted((f for f in names if f[:-4].isdigit()), key=lambda f: int(f[:-4]))
-  if len(batches) != len(names):
-    logging.warning("pathfinder: ignoring metadata files without a batch number: %s",
-                    sorted(set(names) - set(batches)))
-  if not batches:
-    raise FileNotFoundError(f"no metadata/<batch>.npy files in {meta_dir}")
-  records = []
-  for name in batches:
-    path = os.path.join(meta_dir, name)
-    for number, fields in _metadata_rows(path):
-      if len(fields) < 4:
-        raise ValueError(f"{path}:{number}: malformed pathfinder metadata line {fields!r}:"
-                         " expected '<subdir> <file> <index> <label> ...'")
-      try:
-        int(fields[2])
-        label = int(fields[3])
-      except ValueError:
-        raise ValueError(f"{path}:{number}: malformed pathfinder metadata line {fields!r}:"
-                         " index and label must be integers") from None
-      if label not in (0, 1):
-        raise ValueError(f"{path}:{number}: pathfinder label {label} is not 0 or 1")
-      records.append(Record(os.path.join(fields[0], fields[1]), label, path, number))
-  return records
-
-
-def load_png(path: str, resolution: int) -> bytes | None:
-  """The PNG bytes of a grayscale N x N image, or None if it cannot be read as one."""
-  try:
-    with open(path, "rb") as f:
-      data = f.read()
-    with Image.open(io.BytesIO(data)) as im:
-      im.load()
-      if im.size != (resolution, resolution):
-        return None
-      if im.mode != "L":  # as S4: Image.open(f).convert("L")
-        out = io.BytesIO()
-        im.convert("L").save(out, format="PNG")
-        data = out.getvalue()
-    return data
-  except (OSError, ValueError, SyntaxError):
-    return None
+def pathx_config() -> ml_collections.ConfigDict:
+  """``config.data.pathx``: the Path-X task's fields and their defaults."""
+  cfg = ml_collections.ConfigDict()
+  # Image side in pixels: 128 is LRA's Path-X (16384 steps); 256 the larger one.
+  cfg.resolution = 128
+  # As data.pathfinder.difficulty; Path-X is the hard setting.
+  cfg.difficulty = "hard"
+  return cfg
 
 
 def decode_image(value: Any, resolution: int) -> np.ndarray:
   """uint8 ``[N, N]`` from stored pixels or PNG bytes."""
   if isinstance(value, (bytes, np.bytes_)):
+    from PIL import Image  # pylint: disable=g-import-not-at-top
     with Image.open(io.BytesIO(bytes(value))) as im:
       return np.asarray(im.convert("L"), dtype=np.uint8)
   if isinstance(value, np.ndarray) and value.dtype == object:
@@ -154,175 +61,36 @@ def decode_image(value: Any, resolution: int) -> np.ndarray:
   return np.asarray(value, dtype=np.uint8).reshape(resolution, resolution)
 
 
-def split_records(num: int, sizes: Mapping[str, int] | None = None,
-                  seed: int = SPLIT_SEED) -> dict[str, np.ndarray]:
-  """Indices per split: a seeded permutation cut into train, validation, test (as S4)."""
-  if sizes is None:
-    num_val, num_test = int(0.1 * num), int(0.1 * num)
-    sizes = {"train": num - num_val - num_test, "validation": num_val, "test": num_test}
-  if sum(sizes.values()) != num:
-    raise ValueError(f"split {sizes=} do not add up to {num=} images")
-  order = np.random.default_rng(seed).permutation(num)
-  out, start = {}, 0
-  for split in SPLITS:
-    out[split] = np.sort(order[start:start + sizes[split]])
-    start += sizes[split]
-  return out
+def _make_task(name: str, config, resolutions) -> tasks.Task:
 
+  def own(data_config):
+    return tasks.task_fields(data_config, task)
 
-# ---------------------------------------------------------------------------------------
-# TFDS builder.
+  def resolution(data_config) -> int:
+    value = own(data_config).resolution
+    if value not in resolutions:
+      checks.fail(f"data.{name}.resolution", value, f"is not one of {resolutions}")
+    return value
 
+  def validate(data_config):
+    fields = own(data_config)
+    checks.check_choice(f"data.{name}.resolution", fields.resolution, resolutions)
+    checks.check_choice(f"data.{name}.difficulty", fields.difficulty,
+                        tuple(DIFFICULTY_DIRS))
 
-class PathfinderConfig(tfds.core.BuilderConfig):
-  """One resolution and difficulty; generated data when ``split_sizes`` is given."""
-
-  def __init__(self, *, resolution: int, difficulty: str,
-               split_sizes: Mapping[str, int] | None = None, seed: int = 0,
-               generate_workers: int | None = None, **kwargs):
-    if resolution not in RESOLUTIONS:
-      raise ValueError(f"{resolution=} is not one of {RESOLUTIONS}")
-    if difficulty not in DIFFICULTY_DIRS:
-      raise ValueError(f"{difficulty=} is not one of {sorted(DIFFICULTY_DIRS)}")
-    name = f"{resolution}_{difficulty}"
-    if split_sizes is not None:
-      sizes = [int(split_sizes[s]) for s in SPLITS]
-      if min(sizes) < 1:
-        raise ValueError(f"generated {split_sizes=} need at least one image per split")
-      name += "_gen_" + "_".join(map(str, sizes)) + f"_seed{seed}"
-    super().__init__(name=name, description=f"pathfinder{resolution}, {difficulty}",
-                     **kwargs)
-    self.resolution, self.difficulty = resolution, difficulty
-    self.split_sizes = dict(split_sizes) if split_sizes is not None else None
-    self.seed, self.generate_workers = seed, generate_workers
-
-
-class Pathfinder(tfds.core.GeneratorBasedBuilder):
-  """Pathfinder (Linsley et al. 2018) at 32..256 pixels, as in the LRA release."""
-
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
-  BUILDER_CONFIGS = [PathfinderConfig(resolution=r, difficulty=d)
-                     for r in RESOLUTIONS for d in DIFFICULTY_DIRS]
-  MANUAL_DOWNLOAD_INSTRUCTIONS = """
-  Download lra_release.gz from github.com/google-research/long-range-arena, extract it,
-  and pass the extracted directory (or its pathfinder<N> directory) as manual_dir.
-  Configs named *_gen_* generate the data instead (data.pathfinder_gen).
-  """
-
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls) -> epath.Path:
-    # TFDS's default probes `importlib_resources`, a backport this project does not
-    # install; the builder is this plain file.
-    return epath.Path(__file__)
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    n = self.builder_config.resolution
-    if n >= _PNG_MIN_RESOLUTION:
-      image = tfds.features.Tensor(shape=(), dtype=np.object_)  # PNG bytes
-    else:
-      image = tfds.features.Tensor(shape=(n, n), dtype=np.uint8)
-    return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({
-            "image": image,
-            "label": tfds.features.ClassLabel(num_classes=2),
-        }),
-        supervised_keys=("image", "label"),
-        homepage="https://github.com/drewlinsley/pathfinder",
-        citation="Linsley et al., Learning long-range spatial dependencies with "
-        "horizontal gated recurrent units, NeurIPS 2018; Tay et al., Long Range Arena, "
-        "ICLR 2021.",
-    )
-
-  def _split_generators(self, dl_manager):
-    cfg = self.builder_config
-    if cfg.split_sizes is not None:
-      root = os.path.join(dl_manager.download_dir, f"pathfinder_generated_{cfg.name}")
-      pathfinder_gen.generate_dataset(
-          root, resolution=cfg.resolution, difficulty=cfg.difficulty,
-          num_images=sum(cfg.split_sizes.values()), seed=cfg.seed,
-          workers=cfg.generate_workers)
-      base = find_pathfinder_dir(root, cfg.resolution)
-    else:
-      base = find_pathfinder_dir(os.fspath(dl_manager.manual_dir), cfg.resolution)
-    difficulty_dir = os.path.join(base, DIFFICULTY_DIRS[cfg.difficulty])
-    records = read_metadata(difficulty_dir)
-    parts = split_records(len(records), cfg.split_sizes)
-    return {split: self._generate_examples(difficulty_dir, [records[i] for i in idx], split)
-            for split, idx in parts.items()}
-
-  def _generate_examples(self, difficulty_dir: str, records: list[Record], split: str):
-    n = self.builder_config.resolution
-    skipped = []
-    for record in records:
-      path = os.path.join(difficulty_dir, record.image_path)
-      data = load_png(path, n)
-      if data is None:
-        skipped.append(path)
-        continue
-      image = data if n >= _PNG_MIN_RESOLUTION else decode_image(data, n)
-      key = f"{os.path.basename(difficulty_dir)}/{record.image_path}"
-      yield key, {"image": image, "label": record.label}
-    if skipped:
-      logging.warning("pathfinder%d %s: skipped %d unreadable image(s) of %d, e.g. %s", n,
-                      split, len(skipped), len(records), skipped[:3])
-
-
-def make_builder(config: ml_collections.ConfigDict, resolution: int) -> Pathfinder:
-  """The builder ``config.data`` asks for (reads manual_dir, or generates)."""
-  difficulty = config.get("difficulty", None) or "hard"
-  sizes = None
-  if config.get("manual_dir", None) is None:
-    sizes = {
-        "train": config.get("num_train", None) or LRA_SPLIT_SIZES["train"],
-        "validation": config.get("num_validation", None) or LRA_SPLIT_SIZES["validation"],
-        "test": config.get("num_test", None) or LRA_SPLIT_SIZES["test"],
-    }
-  builder_config = PathfinderConfig(
-      resolution=resolution, difficulty=difficulty, split_sizes=sizes,
-      seed=int(config.get("generate_seed", None) or 0),
-      generate_workers=config.get("generate_workers", None))
-  if sizes is None:  # a registered config: pass it by name
-    builder_config = builder_config.name
-  return Pathfinder(config=builder_config, data_dir=config.get("data_dir", None),
-                    file_format="array_record")
-
-
-def prepare(config: ml_collections.ConfigDict, resolution: int) -> Pathfinder:
-  builder = make_builder(config, resolution)
-  manual_dir = config.get("manual_dir", None)
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      manual_dir=os.path.expanduser(manual_dir) if manual_dir else None))
-  return builder
-
-
-# ---------------------------------------------------------------------------------------
-# Tasks.
-
-
-def _resolution(config: ml_collections.ConfigDict, fixed: int | None) -> int:
-  if fixed is not None:
-    return fixed
-  resolution = int(config.get("resolution", None) or 32)
-  if resolution not in RESOLUTIONS:
-    raise ValueError(f"data.resolution={resolution} is not one of {RESOLUTIONS}")
-  return resolution
-
-
-def _make_task(name: str, fixed: int | None) -> tasks.Task:
-
-  def info(config):
-    n = _resolution(config, fixed)
+  def info(data_config):
+    n = resolution(data_config)
     return tasks.TaskInfo(num_classes=2, max_length=n * n, input_kind="continuous",
                           input_channels=1)
 
-  def sources(config):
-    builder = prepare(config, _resolution(config, fixed))
+  def sources(data_config):
+    from data import pathfinder_builder  # pylint: disable=g-import-not-at-top
+    builder = pathfinder_builder.prepare(data_config, resolution(data_config),
+                                         own(data_config).difficulty)
     return {split: builder.as_data_source(split) for split in SPLITS}
 
-  def preprocess(element, config):
-    n = _resolution(config, fixed)
+  def preprocess(element, data_config):
+    n = resolution(data_config)
     pixels = decode_image(element["image"], n)
     if pixels.shape != (n, n):
       raise ValueError(f"pathfinder image of shape {pixels.shape} is not ({n}, {n})")
@@ -332,8 +100,10 @@ def _make_task(name: str, fixed: int | None) -> tasks.Task:
             "mask": np.ones((n * n,), bool),
             "targets": np.asarray(element["label"], np.int32)}
 
-  return tasks.Task(name=name, info=info, sources=sources, preprocess=preprocess)
+  task = tasks.Task(name=name, info=info, sources=sources, preprocess=preprocess,
+                    config=config, validate=validate)
+  return task
 
 
-PATHFINDER = tasks.register_task(_make_task("pathfinder", None))
-PATHX = tasks.register_task(_make_task("pathx", 128))
+PATHFINDER = tasks.register_task(_make_task("pathfinder", pathfinder_config, RESOLUTIONS))
+PATHX = tasks.register_task(_make_task("pathx", pathx_config, PATHX_RESOLUTIONS))

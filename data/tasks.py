@@ -19,8 +19,16 @@ fixed-shape numpy arrays so that batches stack without further padding:
 
 A forecasting task (``"forecast"``) has float32 ``targets [pred_len, c_out]`` and
 passes the keys named in ``info.extra_inputs`` to the model as keyword arguments.
+
+Config. Fields every task shares (``task``, ``data_dir``, ``manual_dir``, the split
+sizes, batch sizes, reader and generator settings) live in ``config.data``; a task's
+own fields live in ``config.data.<task name>``, declared with their defaults and
+meaning by the task's ``config()`` and checked by its ``validate(config.data)``.
+``configs/default.py`` adds the namespace of every registered task, so adding a task
+is its data module and one line of ``BUILTIN_TASK_MODULES``.
 """
 import dataclasses
+import importlib
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import ml_collections
@@ -64,19 +72,30 @@ class RandomAccessSource(Protocol):
 class Task:
   """A dataset the trainer can use.
 
+  Every function takes the whole ``config.data`` and reads the task's own fields
+  from ``config.data.<name>``.
+
   Attributes:
-    name: registry name (``config.data.task``).
+    name: registry name (``config.data.task``) and the name of the task's config
+      namespace ``config.data.<name>``.
     info: function ``config.data -> TaskInfo``.
     sources: function ``config.data -> {"train"|"validation"|"test": source}``;
       builds (or generates, per config) the TFDS dataset if it is missing.
     preprocess: function ``(raw element, config.data) -> element`` as documented
       in this module's docstring; run inside the grain pipeline.
+    config: function ``() -> ConfigDict`` of the task's own fields with their
+      defaults (``config.data.<name>``); each field commented where it is set.
+    validate: function ``config.data -> None`` that raises ``ValueError`` naming
+      the first bad field by its full path (``data.<name>.<field>=value ...``);
+      runs before anything is built or compiled.
   """
   name: str
   info: Callable[[ml_collections.ConfigDict], TaskInfo]
   sources: Callable[[ml_collections.ConfigDict], Mapping[str, RandomAccessSource]]
   preprocess: Callable[[Mapping[str, Any], ml_collections.ConfigDict], dict]
   splits: Sequence[str] = ("train", "validation", "test")
+  config: Callable[[], ml_collections.ConfigDict] = ml_collections.ConfigDict
+  validate: Callable[[ml_collections.ConfigDict], None] = lambda data_config: None
 
 
 def config_field(cfg: Any, name: str, default: Any = None) -> Any:
@@ -90,6 +109,22 @@ def config_field(cfg: Any, name: str, default: Any = None) -> Any:
     return default
   return default if value is None else value
 
+
+def task_fields(data_config: Any, task: "Task") -> ml_collections.ConfigDict:
+  """``config.data.<task.name>``, or the task's defaults where the data config has
+  no such namespace (a hand-made config in a test or a notebook)."""
+  own = config_field(data_config, task.name)
+  return task.config() if own is None else own
+
+
+# Modules that register the built-in tasks. Adding a task: its module, one line here.
+BUILTIN_TASK_MODULES = (
+    "data.listops",
+    "data.pathfinder",  # "pathfinder" and "pathx"
+    "data.passkey",
+    "data.mqar",
+    "data.ett",
+)
 
 TASKS: dict[str, Task] = {}
 
@@ -108,9 +143,15 @@ def get_task(name: str) -> Task:
   return TASKS[name]
 
 
+def registered_tasks() -> dict[str, Task]:
+  """Every registered task (the built-in ones imported first), by name."""
+  _import_builtin_tasks()
+  return dict(TASKS)
+
+
 def _import_builtin_tasks() -> None:
-  # Imported lazily so that `import data` stays cheap and free of cycles.
-  import data.ett  # noqa: F401
-  import data.listops  # noqa: F401
-  import data.pathfinder  # noqa: F401
-  import data.probes  # noqa: F401
+  # Imported lazily so that `import data` stays cheap and free of cycles. The task
+  # modules import no TFDS or grain (their builders are imported when data is
+  # built), so that building a config stays cheap.
+  for module in BUILTIN_TASK_MODULES:
+    importlib.import_module(module)

@@ -3,6 +3,7 @@ with a message that names them; command-line overrides work."""
 import importlib
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 
@@ -15,8 +16,8 @@ from configs import validate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS = {"lra_listops": "data.listops", "lra_pathfinder": "data.pathfinder",
-               "lra_pathx": "data.pathfinder", "probe_passkey": "data.probes",
-               "probe_mqar": "data.probes"}
+               "lra_pathx": "data.pathfinder", "probe_passkey": "data.passkey",
+               "probe_mqar": "data.mqar"}
 
 
 def _require(module):
@@ -41,6 +42,61 @@ def test_default_config_validates():
   config = default.get_config()
   config.lock()
   validate.validate_config(config, num_devices=8)
+
+
+def test_every_task_owns_its_config_namespace():
+  """config.data.<task> is the task's config(), for every registered task; the
+  fields all tasks share stay in config.data."""
+  from data import tasks  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  for name, task in tasks.registered_tasks().items():
+    assert config.data[name].to_dict() == task.config().to_dict(), name
+  for name in ("task", "data_dir", "manual_dir", "num_train", "batch_size",
+               "generate_seed"):
+    assert name in config.data
+  for moved in ("max_length", "resolution", "difficulty", "seq_len", "lm_loss"):
+    assert moved not in config.data
+
+
+def test_building_a_config_imports_no_tfds_or_grain():
+  code = ("import sys; from configs import default; default.get_config(); "
+          "print(sorted(m for m in ('tensorflow_datasets', 'grain', 'scipy', 'jax') "
+          "if m in sys.modules))")
+  env = dict(os.environ, PYTHONPATH=REPO)
+  out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=120, check=True)
+  assert out.stdout.strip() == "[]", out.stdout
+
+
+@pytest.mark.parametrize("experiment,field,value,message", [
+    ("lra_pathfinder", "data.pathfinder.difficulty", "medium",
+     "data.pathfinder.difficulty='medium' is not one of ('easy', 'intermediate', "
+     "'hard')"),
+    ("lra_pathx", "data.pathx.resolution", 32, "data.pathx.resolution=32 is not one of"),
+    ("probe_passkey", "data.passkey.key_length", 0,
+     "data.passkey.key_length=0 must be >= 1"),
+    ("probe_mqar", "data.mqar.vocab_size", 8, "data.mqar.vocab_size=8 must be >= 10"),
+])
+def test_the_chosen_task_validates_its_fields(experiment, field, value, message):
+  config = importlib.import_module(f"configs.{experiment}").get_config("test")
+  _set(field, value)(config)
+  with pytest.raises(ValueError, match=re.escape(message)):
+    validate.validate_config(config, num_devices=1)
+  # Another task's fields are that task's business.
+  config = importlib.import_module(f"configs.{experiment}").get_config("test")
+  config.data.listops.max_length = 0
+  validate.validate_config(config, num_devices=1)
+
+
+def test_task_fields_from_the_command_line():
+  config = _parse(["train", "--config=configs/lra_listops.py:cpu",
+                   "--config.data.listops.max_length=512",
+                   "--config.data.listops.generate_max_depth=5"])
+  assert config.data.listops.max_length == 512
+  assert config.data.listops.generate_max_depth == 5
+  with pytest.raises(AttributeError, match="max_lenght"):
+    _parse(["train", "--config=configs/lra_listops.py:cpu",
+            "--config.data.listops.max_lenght=3"])
 
 
 def test_unknown_preset_is_rejected():
@@ -87,6 +143,8 @@ def _set(path, value):
 BAD_FIELDS = [
     ("model.mixer", "nope"),
     ("data.task", "nope"),
+    ("data.listops.max_length", 0),
+    ("data.listops.generate_max_depth", 1),
     ("model.norm", "group"),
     ("model.pool", "median"),
     ("model.output", "swiglu"),
@@ -187,7 +245,7 @@ def test_entry_point_names_an_unknown_field():
     ("model.mamba2.unknown_field", 1, "does not have"),
 ])
 def test_mamba2_config_errors_name_the_field(field, value, message):
-  _require("data.probes")
+  _require("data.passkey")
   from configs import probe_passkey  # pylint: disable=g-import-not-at-top
   config = probe_passkey.get_config("test")
   *parents, leaf = field.split(".")
@@ -202,7 +260,7 @@ def test_mamba2_config_errors_name_the_field(field, value, message):
 
 
 def test_probe_configs_reject_a_bidirectional_mixer_and_mixed_mitigations():
-  _require("data.probes")
+  _require("data.passkey")
   from configs import probe_passkey  # pylint: disable=g-import-not-at-top
   config = probe_passkey.get_config("test")
   config.model.mamba2.window = 8

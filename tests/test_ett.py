@@ -6,20 +6,29 @@ import ml_collections
 import numpy as np
 import pytest
 
-from data import ett, pipeline, tasks
+from configs import default
+from data import ett, ett_builder, pipeline, tasks
 
 REAL_DIR = pathlib.Path("/work/shared/data/ett")
 needs_real = pytest.mark.skipif(not (REAL_DIR / "ETTh1.csv").is_file(),
                                 reason=f"no {REAL_DIR / 'ETTh1.csv'}")
 
 
+_ETT_FIELDS = ("name", "features", "target", "seq_len", "label_len", "pred_len",
+               "timeenc", "freq")
+
+
 def _data_config(tmp_path, **overrides):
-  cfg = ml_collections.ConfigDict(dict(
-      task="ett", ett_name="ETTh1", features="M", target="OT", seq_len=96,
-      label_len=48, pred_len=24, timeenc=1, freq="h", manual_dir=str(REAL_DIR),
-      data_dir=str(tmp_path / "tfds"), batch_size=8, eval_batch_size=8,
-      worker_count=0, read_threads=1, prefetch_buffer_size=1))
-  cfg.update(overrides)
+  """``config.data`` of the default config; overrides named like a field of
+  ``data.ett`` go there."""
+  cfg = default.get_config().data
+  cfg.update(dict(task="ett", manual_dir=str(REAL_DIR), data_dir=str(tmp_path / "tfds"),
+                  batch_size=8, eval_batch_size=8, worker_count=0, read_threads=1,
+                  prefetch_buffer_size=1))
+  cfg.ett.update(dict(name="ETTh1", features="M", target="OT", seq_len=96,
+                      label_len=48, pred_len=24, timeenc=1, freq="h"))
+  for key, value in overrides.items():
+    (cfg.ett if key in _ETT_FIELDS else cfg)[key] = value
   return cfg
 
 
@@ -48,7 +57,7 @@ def real_rows(tmp_path_factory):
   if not (REAL_DIR / "ETTh1.csv").is_file():
     pytest.skip(f"no {REAL_DIR / 'ETTh1.csv'}")
   cfg = _data_config(tmp_path_factory.mktemp("ett_real"))
-  dates, values = ett.load_rows(cfg)
+  dates, values = ett_builder.load_rows(cfg)
   return cfg, dates, values
 
 
@@ -272,9 +281,9 @@ def test_builder_small_written_csv(tmp_path):
   manual.mkdir()
   n = 20 * 720 + 5
   dates, values = _write_csv(manual / "ETTh2.csv", "2016-07-01 00:00:00", 60, n, seed=1)
-  cfg = _data_config(tmp_path, ett_name="ETTh2", manual_dir=str(manual), seq_len=24,
+  cfg = _data_config(tmp_path, name="ETTh2", manual_dir=str(manual), seq_len=24,
                      label_len=12, pred_len=6)
-  got_dates, got_values = ett.load_rows(cfg)
+  got_dates, got_values = ett_builder.load_rows(cfg)
   np.testing.assert_array_equal(got_dates, dates[:14400])
   np.testing.assert_array_equal(got_values, values[:14400])
   sources = ett.task_sources(cfg)
@@ -285,9 +294,9 @@ def test_builder_small_written_csv(tmp_path):
   short.mkdir()
   _write_csv(short / "ETTh1.csv", "2016-07-01 00:00:00", 60, 100)
   with pytest.raises(ValueError, match="has 100 rows"):
-    ett.prepare(_data_config(tmp_path / "other", manual_dir=str(short)))
+    ett_builder.prepare(_data_config(tmp_path / "other", manual_dir=str(short)))
   with pytest.raises(FileNotFoundError, match="ETTm1.csv"):
-    ett.prepare(_data_config(tmp_path / "other", ett_name="ETTm1", manual_dir=str(short)))
+    ett_builder.prepare(_data_config(tmp_path / "other", name="ETTm1", manual_dir=str(short)))
 
 
 # ---------------------------------------------------------------------------
@@ -302,7 +311,7 @@ def test_builder_small_written_csv(tmp_path):
 def test_real_split_sizes(real_rows, seq_len, label_len, pred_len, sizes):
   cfg, dates, values = real_rows
   cfg = ml_collections.ConfigDict(cfg.to_dict())
-  cfg.update(dict(seq_len=seq_len, label_len=label_len, pred_len=pred_len))
+  cfg.ett.update(dict(seq_len=seq_len, label_len=label_len, pred_len=pred_len))
   got = tuple(len(ett.make_windows(dates, values, cfg, s)) for s in ett.SPLITS)
   assert got == sizes
 
@@ -341,7 +350,7 @@ def test_real_rows_scaler_windows_and_time(real_rows):
 def test_real_task_info_and_pipeline(real_rows):
   cfg, _, _ = real_rows
   cfg = ml_collections.ConfigDict(cfg.to_dict())
-  cfg.update(dict(seq_len=48, features="MS"))
+  cfg.ett.update(dict(seq_len=48, features="MS"))
   info = ett.task_info(cfg)
   assert (info.input_kind, info.output_kind, info.max_length) == (
       "continuous", "forecast", 48)
@@ -359,3 +368,20 @@ def test_real_task_info_and_pipeline(real_rows):
                     "decoder_inputs": (8, 48, 7), "decoder_time": (8, 72, 4),
                     "targets": (8, 24, 1), "weight": (8,)}
   assert all(v.dtype == np.float32 for k, v in batch.items() if k != "mask")
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("name", "ETTh3", "data.ett.name='ETTh3' is not one of"),
+    ("features", "X", "data.ett.features='X' is not one of"),
+    ("target", "HOT", "data.ett.target='HOT' is not one of"),
+    ("seq_len", 0, "data.ett.seq_len=0 must be >= 1"),
+    ("label_len", 97, "data.ett.label_len=97 is longer than data.ett.seq_len=96"),
+    ("timeenc", 2, "data.ett.timeenc=2 is not one of"),
+    ("freq", "fortnight", "data.ett.freq='fortnight' has no time features"),
+])
+def test_task_fields_are_validated_by_full_name(tmp_path, field, value, message):
+  cfg = _data_config(tmp_path)
+  ett.validate(cfg)
+  cfg.ett[field] = value
+  with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+    ett.validate(cfg)

@@ -87,8 +87,8 @@ def test_best_metric_defaults():
 @pytest.mark.parametrize("field,value,message", [
     ("model.informer.attn", "sparse", "model.informer.attn='sparse'"),
     ("model.informer.n_heads", 3, "does not divide model.d_model"),
-    ("data.label_len", 40, "longer than data.seq_len"),
-    ("model.informer.embed", "fixed", "does not match data.timeenc"),
+    ("data.ett.label_len", 40, "longer than data.ett.seq_len"),
+    ("model.informer.embed", "fixed", "does not match data.ett.timeenc"),
     ("train.best_metric", "accuracy", "is not a validation metric"),
     ("train.early_stopping_patience", 0, "must be >= 1"),
     ("optim.decay_rate", 1.5, "must be <= 1"),
@@ -106,11 +106,11 @@ def test_forecast_config_errors_name_the_field(field, value, message):
 
 def test_presets_follow_the_official_scripts():
   config = ett_informer.get_config("etth1_m_24")
-  assert (config.data.seq_len, config.data.label_len, config.data.pred_len,
+  assert (config.data.ett.seq_len, config.data.ett.label_len, config.data.ett.pred_len,
           config.model.informer.factor) == (48, 48, 24, 3)
   config = ett_informer.get_config("etth1_s_168")
-  assert (config.data.seq_len, config.data.label_len,
-          config.data.features) == (720, 336, "S")
+  assert (config.data.ett.seq_len, config.data.ett.label_len,
+          config.data.ett.features) == (720, 336, "S")
   config = ett_informer.get_config("etth2_m_336")
   assert (config.model.informer.e_layers, config.model.informer.d_layers) == (3, 2)
   assert set(ett_informer.PAPER_RESULTS) == set(ett_informer.SCRIPT_SETTINGS)
@@ -133,7 +133,7 @@ def test_informer_trains_on_written_ett_and_writes_test_metrics(ett_dir, tmp_pat
   assert set(test) >= {"mse", "mae", "loss", "num_examples", "step"}
   assert test == pytest.approx(result["test"])
   # Every test window once: 4 months of rows, less the horizon, plus one.
-  assert test["num_examples"] == 2880 - config.data.pred_len + 1
+  assert test["num_examples"] == 2880 - config.data.ett.pred_len + 1
   # The best checkpoint (by validation loss) is the one tested.
   validations = {r["step"]: r["loss"] for r in records
                  if r["split"] == "validation"}

@@ -3,29 +3,39 @@ import logging
 import os
 import shutil
 
-import ml_collections
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 import pytest
 
+from configs import default
 from data import pathfinder
-from data import pathfinder_gen
+from data import pathfinder_builder
+from data import pathfinder_params
+from data import pathfinder_render
+from data import pathfinder_sample
+from data import pathfinder_write
 from data import tasks
 
 
-def _config(tmp_path, **overrides):
-  cfg = dict(task="pathfinder", data_dir=str(tmp_path / "tfds"), manual_dir=None,
-             num_train=12, num_validation=3, num_test=3, resolution=32,
-             difficulty="easy", generate_workers=1, seed=0)
+def _config(tmp_path, task="pathfinder", resolution=32, difficulty="easy", **overrides):
+  """``config.data`` of the default config; resolution and difficulty are the
+  task's (``data.<task>.*``; resolution None keeps the task's default)."""
+  cfg = default.get_config().data
+  cfg.update(dict(task=task, data_dir=str(tmp_path / "tfds"), manual_dir=None,
+                  num_train=12, num_validation=3, num_test=3, generate_workers=1))
   cfg.update(overrides)
-  return ml_collections.ConfigDict(cfg)
+  if resolution is not None:
+    cfg[task].resolution = resolution
+  cfg[task].difficulty = difficulty
+  return cfg
 
 
 @pytest.fixture(scope="module")
 def release(tmp_path_factory):
   """A small release-like tree: lra_release/pathfinder32/curv_baseline, 3 batches."""
   root = tmp_path_factory.mktemp("release")
-  out = pathfinder_gen.generate_dataset(
+  out = pathfinder_write.generate_dataset(
       str(root / "lra_release"), resolution=32, difficulty="easy", num_images=30,
       images_per_batch=12, workers=2, chunk_size=5, seed=3, progress=False)
   return root, out
@@ -66,21 +76,21 @@ class TestGenerator:
           assert (im.mode, im.size, im.format) == ("L", (32, 32), "PNG")
         count += 1
     assert count == 30
-    records = pathfinder.read_metadata(out)
+    records = pathfinder_builder.read_metadata(out)
     assert [r.image_path for r in records[:2]] == ["imgs/0/sample_0.png",
                                                    "imgs/0/sample_1.png"]
 
   def test_labels_balanced_per_batch(self, release):
-    records = pathfinder.read_metadata(release[1])
+    records = pathfinder_builder.read_metadata(release[1])
     labels = np.array([r.label for r in records])
     assert labels[:12].sum() == 6 and labels[12:24].sum() == 6 and labels[24:].sum() == 3
 
   def test_deterministic_per_seed_not_per_worker_count(self, tmp_path):
     kw = dict(resolution=32, difficulty="intermediate", num_images=8, images_per_batch=5,
               chunk_size=3, progress=False)
-    a = pathfinder_gen.generate_dataset(str(tmp_path / "a"), seed=1, workers=1, **kw)
-    b = pathfinder_gen.generate_dataset(str(tmp_path / "b"), seed=1, workers=2, **kw)
-    c = pathfinder_gen.generate_dataset(str(tmp_path / "c"), seed=2, workers=1, **kw)
+    a = pathfinder_write.generate_dataset(str(tmp_path / "a"), seed=1, workers=1, **kw)
+    b = pathfinder_write.generate_dataset(str(tmp_path / "b"), seed=1, workers=2, **kw)
+    c = pathfinder_write.generate_dataset(str(tmp_path / "c"), seed=2, workers=1, **kw)
     assert _read_dir(a) == _read_dir(b)
     files_a, files_c = _read_dir(a), _read_dir(c)
     assert files_a.keys() == files_c.keys()
@@ -89,8 +99,8 @@ class TestGenerator:
   @pytest.mark.parametrize("resolution,difficulty,count", [(32, "easy", 24), (32, "hard", 8),
                                                           (128, "hard", 2)])
   def test_image_statistics(self, resolution, difficulty, count):
-    params = pathfinder_gen.official_params(resolution, difficulty)
-    sampler = pathfinder_gen.ImageSampler(params, np.random.default_rng(0))
+    params = pathfinder_params.official_params(resolution, difficulty)
+    sampler = pathfinder_sample.ImageSampler(params, np.random.default_rng(0))
     lit = []
     for i in range(count):
       image, info = sampler(i % 2)
@@ -108,10 +118,10 @@ class TestGenerator:
 
   def test_batched_targets_match_the_reference_loop(self):
     """Batched two-target sampler vs the original one-attempt-at-a-time loop."""
-    params = pathfinder_gen.official_params(32, "easy")
+    params = pathfinder_params.official_params(32, "easy")
     stats = {}
     for reference in (False, True):
-      sampler = pathfinder_gen.ImageSampler(params, np.random.default_rng(int(reference)))
+      sampler = pathfinder_sample.ImageSampler(params, np.random.default_rng(int(reference)))
       rows = []
       for i in range(300):
         image, info = sampler(i % 2, reference=reference)
@@ -126,8 +136,8 @@ class TestGenerator:
 
   def test_seed_tables_match_brute_force(self):
     """Dead first paddles and target seed boxes against explicit occupancy maps."""
-    params = pathfinder_gen.official_params(32, "easy")
-    bank = pathfinder_gen._stamp_bank(params, params.paddle_margins[0])
+    params = pathfinder_params.official_params(32, "easy")
+    bank = pathfinder_render.stamp_bank(params, params.paddle_margins[0])
     assert 0 < sum(bank.seed_dead) < 360
     n, lo = 32, 2 * params.seed_distance
     occupied = np.ones((n, n), bool)
@@ -150,12 +160,12 @@ class TestGenerator:
 
   def test_rejects_bad_arguments(self):
     with pytest.raises(ValueError, match="resolution=48"):
-      pathfinder_gen.official_params(48, "easy")
+      pathfinder_params.official_params(48, "easy")
     with pytest.raises(ValueError, match="difficulty='medium'"):
-      pathfinder_gen.official_params(32, "medium")
-    params = pathfinder_gen.official_params(32, "easy")
+      pathfinder_params.official_params(32, "medium")
+    params = pathfinder_params.official_params(32, "easy")
     with pytest.raises(ValueError, match="label=2"):
-      pathfinder_gen.generate_image(params, 2, np.random.default_rng(0))
+      pathfinder_sample.generate_image(params, 2, np.random.default_rng(0))
 
 
 class TestReader:
@@ -165,11 +175,11 @@ class TestReader:
                                 "lra_release/lra_release/pathfinder64"]):
       root = tmp_path / f"case{case}"
       (root / sub / "curv_baseline").mkdir(parents=True)
-      found = pathfinder.find_pathfinder_dir(str(root), 64)
+      found = pathfinder_builder.find_pathfinder_dir(str(root), 64)
       assert found == str(root / sub)
-      assert pathfinder.find_pathfinder_dir(found, 64) == found
-    with pytest.raises(FileNotFoundError, match="no pathfinder64 directory"):
-      pathfinder.find_pathfinder_dir(str(tmp_path / "nothing"), 64)
+      assert pathfinder_builder.find_pathfinder_dir(found, 64) == found
+    with pytest.raises(FileNotFoundError, match="no pathfinder64 folder"):
+      pathfinder_builder.find_pathfinder_dir(str(tmp_path / "nothing"), 64)
 
   def test_malformed_metadata_line_names_file_and_line(self, tmp_path):
     meta = tmp_path / "curv_baseline" / "metadata"
@@ -177,10 +187,10 @@ class TestReader:
     (meta / "0.npy").write_text("imgs/0 sample_0.png 0 1 1.0 6\n"
                                 "imgs/0 sample_1.png\n")
     with pytest.raises(ValueError, match=r"0\.npy:2: malformed pathfinder metadata"):
-      pathfinder.read_metadata(str(tmp_path / "curv_baseline"))
+      pathfinder_builder.read_metadata(str(tmp_path / "curv_baseline"))
     (meta / "0.npy").write_text("imgs/0 sample_0.png 0 7\n")
     with pytest.raises(ValueError, match=r"0\.npy:1: pathfinder label 7"):
-      pathfinder.read_metadata(str(tmp_path / "curv_baseline"))
+      pathfinder_builder.read_metadata(str(tmp_path / "curv_baseline"))
 
   def test_binary_npy_metadata_is_accepted(self, tmp_path):
     meta = tmp_path / "metadata"
@@ -188,7 +198,7 @@ class TestReader:
     rows = np.array([["imgs/0", "sample_0.png", "0", "1", "1.8"],
                      ["imgs/0", "sample_1.png", "1", "0", "1.8"]])
     np.save(meta / "0.npy", rows)  # what snakes2.py itself writes
-    records = pathfinder.read_metadata(str(tmp_path))
+    records = pathfinder_builder.read_metadata(str(tmp_path))
     assert [(r.image_path, r.label) for r in records] == [("imgs/0/sample_0.png", 1),
                                                           ("imgs/0/sample_1.png", 0)]
 
@@ -202,15 +212,55 @@ class TestReader:
     with caplog.at_level(logging.WARNING):
       sources = tasks.get_task("pathfinder").sources(cfg)
     sizes = {k: len(v) for k, v in sources.items()}
-    # 30 records: int(0.1 * 30) = 3 validation, 3 test, 24 train; one is skipped.
-    assert sum(sizes.values()) == 29
-    assert sizes["validation"] in (2, 3) and sizes["test"] in (2, 3)
-    assert sizes["train"] in (23, 24)
-    assert "skipped 1 unreadable image(s)" in caplog.text
+    # 30 records, one empty: dropped before the split, as S4's blacklist, so the
+    # sizes are S4's for 29 images: int(0.1 * 29) = 2 validation, 2 test, 25 train.
+    assert sizes == {"train": 25, "validation": 2, "test": 2}
+    assert "dropped 1 missing or empty image(s) of 30" in caplog.text
     # Every element matches its PNG file.
     element = sources["test"][0]
     assert element["image"].shape == (32, 32) and element["image"].dtype == np.uint8
     assert element["label"] in (0, 1)
+
+
+  def test_pathx_pointed_at_pathfinder32_says_what_it_expected(self, release, tmp_path):
+    """Path-X reads pathfinder128: a pathfinder32 folder is an error that names
+    both, not a TFDS "No examples were yielded" after skipping every image."""
+    root, out = release
+    folder32 = os.path.dirname(out)  # .../lra_release/pathfinder32
+    with pytest.raises(ValueError, match=r"pathfinder32 folder \(32x32 images\).*"
+                       r"reads pathfinder128 \(128x128"):
+      tasks.get_task("pathx").sources(_config(tmp_path, task="pathx", resolution=None,
+                                              manual_dir=folder32))
+    # The same images under a folder name that does not say their resolution.
+    renamed = tmp_path / "images"
+    shutil.copytree(folder32, renamed)
+    with pytest.raises(ValueError, match=r"is 32x32, but this task reads "
+                       r"pathfinder128 \(128x128"):
+      tasks.get_task("pathx").sources(_config(tmp_path, task="pathx", resolution=None,
+                                              manual_dir=str(renamed)))
+    # A release with pathfinder32 only: the folders tried and what is there.
+    with pytest.raises(FileNotFoundError, match=r"no pathfinder128 folder.*"
+                       r"holds \['pathfinder32'\]"):
+      pathfinder_builder.find_pathfinder_dir(str(root / "lra_release"), 128)
+
+  def test_split_sizes_follow_s4_after_dropping_empty_images(self, tmp_path):
+    records = [pathfinder_builder.Record(f"imgs/0/sample_{i}.png", i % 2, "m", i)
+               for i in range(200)]
+    os.makedirs(tmp_path / "imgs" / "0")
+    for i, r in enumerate(records):
+      (tmp_path / r.image_path).write_bytes(b"" if i in (3, 17) else b"png")
+    kept = pathfinder_builder.drop_empty_images(str(tmp_path), records)
+    assert len(kept) == 198 and records[3] not in kept and records[17] not in kept
+    parts = pathfinder_builder.split_records(len(kept))
+    # S4: val = test = int(0.1 * 198) = 19, train the rest; disjoint, complete.
+    assert {k: len(v) for k, v in parts.items()} == {"train": 160, "validation": 19,
+                                                    "test": 19}
+    assert sorted(np.concatenate(list(parts.values())).tolist()) == list(range(198))
+    # The release's 199,999 readable pathfinder32 easy images.
+    parts = pathfinder_builder.split_records(199_999)
+    assert {k: len(v) for k, v in parts.items()} == {"train": 160_001,
+                                                    "validation": 19_999,
+                                                    "test": 19_999}
 
 
 class TestTask:
@@ -221,6 +271,8 @@ class TestTask:
                                   input_channels=1)
     info = tasks.get_task("pathx").info(_config(tmp_path))
     assert info.max_length == 128 * 128 and info.input_channels == 1
+    assert tasks.get_task("pathx") is pathfinder.PATHX
+    assert tasks.get_task("pathfinder") is pathfinder.PATHFINDER
     with pytest.raises(ValueError, match="resolution=48"):
       tasks.get_task("pathfinder").info(_config(tmp_path, resolution=48))
 
@@ -256,3 +308,61 @@ class TestTask:
     out = tasks.get_task("pathx").preprocess(element, cfg)
     assert out["inputs"].shape == (128 * 128, 1) and out["mask"].shape == (128 * 128,)
     assert out["inputs"].max() == 1.0
+
+
+def _paddle_pixels(bank, n, stamp, place, threshold=0.1):
+  """bool [n, n]: the pixels of one paddle's line alone."""
+  canvas = pathfinder_render.Canvas(n, bank.pad)
+  canvas.paste(canvas.image, bank.all_lines[stamp], int(place[0]), int(place[1]),
+               bank.half)
+  return canvas.view(canvas.image) > threshold
+
+
+@pytest.mark.parametrize("resolution,difficulty,count", [(32, "easy", 36),
+                                                          (64, "intermediate", 12)])
+def test_markers_are_the_ends_of_one_contour_iff_the_label_is_1(
+    resolution, difficulty, count):
+  """Connectivity as the generator draws it. The contours are dashed (a paddle's
+  line does not touch the next one's: one contour is several pixel components),
+  so pixel connectivity is checked per contour with its gaps bridged: each target
+  contour, drawn alone and dilated by the paddle margin + 1, is ONE component,
+  and is drawn in the image. Each marker dot is drawn on an end paddle of a
+  contour (its first paddle's tail, its last paddle's head), and the two dots are
+  the two ends of one contour exactly when the label is 1 (a flipped or random
+  label fails). As in the original generator, the first target's last paddle
+  never joins the occupancy, so the second target may end on it: then both
+  contours end at that dot, which is counted and must stay rare."""
+  params = pathfinder_params.official_params(resolution, difficulty)
+  sampler = pathfinder_sample.ImageSampler(params, np.random.default_rng(21))
+  shared_ends = 0
+  for index in range(count):
+    label = index % 2
+    image, info = sampler(label)
+    bank = pathfinder_render.stamp_bank(params, info["margin"])
+    bridge = np.ones((2 * info["margin"] + 3,) * 2, bool)  # margin + 1 each side
+    firsts, lasts = [], []
+    for stamps, places in info["contours"]:
+      assert len(stamps) == params.contour_length
+      drawn = np.zeros((resolution, resolution), bool)
+      for stamp, place in zip(stamps, places):
+        drawn |= _paddle_pixels(bank, resolution, stamp, place)
+      bridged = ndimage.label(ndimage.binary_dilation(drawn, structure=bridge))[1]
+      pieces = ndimage.label(drawn, structure=np.ones((3, 3)))[1]
+      assert bridged == 1, (pieces, bridged)
+      assert (image[drawn] > 0).all()  # the contour is in the image
+      firsts.append(_paddle_pixels(bank, resolution, stamps[0], places[0]))
+      lasts.append(_paddle_pixels(bank, resolution, stamps[-1], places[-1]))
+    (ya, xa), (yb, xb) = info["markers"]
+    assert image[ya, xa] > 60 and image[yb, xb] > 60  # both dots drawn
+    # The contours whose first paddle starts / last paddle ends at a dot.
+    starts = [i for i in range(2) if firsts[i][ya, xa]
+              and tuple(info["contours"][i][1][0]) == (ya, xa)]
+    ends = [i for i in range(2) if lasts[i][yb, xb]
+            and tuple(info["contours"][i][1][-1]) == (yb, xb)]
+    assert len(starts) == 1 and len(ends) >= 1, (starts, ends, info["markers"])
+    if len(ends) == 2:
+      shared_ends += 1
+      continue
+    connected = starts == ends
+    assert connected == (label == 1), (index, label, info["markers"])
+  assert shared_ends <= count // 4, shared_ends

@@ -26,7 +26,7 @@ class _IndexSource:
 
 def _preprocess(raw, data_config):
   x = np.int32(raw["x"])
-  inputs = np.full((data_config.max_length,), x, np.int32)
+  inputs = np.full((data_config.index.max_length,), x, np.int32)
   return {"inputs": inputs, "mask": np.ones_like(inputs, bool),
           "targets": np.int32(x % 3)}
 
@@ -35,13 +35,14 @@ def _task(sizes):
   return tasks.Task(
       name="index", info=lambda c: None,
       sources=lambda c: {s: _IndexSource(n) for s, n in sizes.items()},
-      preprocess=_preprocess)
+      preprocess=_preprocess,
+      config=lambda: ml_collections.ConfigDict(dict(max_length=3)))
 
 
 def _config(**overrides):
   config = ml_collections.ConfigDict(dict(
-      task="index", max_length=3, batch_size=4, eval_batch_size=4,
-      worker_count=0, read_threads=2, prefetch_buffer_size=2))
+      task="index", batch_size=4, eval_batch_size=4, worker_count=0,
+      read_threads=2, prefetch_buffer_size=2, index=dict(max_length=3)))
   config.update(overrides)
   return config
 

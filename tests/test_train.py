@@ -117,7 +117,6 @@ def toy_config(**train_overrides):
   config = default.get_config()
   config.seed = 7
   config.data.task = TOY_TASK
-  config.data.max_length = TOY_LENGTH
   config.data.num_train, config.data.num_validation = 256, 40
   config.data.num_test = 40
   config.data.batch_size = 16
@@ -262,7 +261,7 @@ def test_optimizer_groups_follow_patterns():
                                         "probe_mqar"])
 def test_experiment_test_preset_trains(experiment, tmp_path):
   module = {"lra_listops": "data.listops", "lra_pathfinder": "data.pathfinder",
-            "lra_pathx": "data.pathfinder", "probe_mqar": "data.probes"}[
+            "lra_pathx": "data.pathfinder", "probe_mqar": "data.mqar"}[
                 experiment]
   importlib.import_module(module)  # Registers the task.
   config_module = importlib.import_module(f"configs.{experiment}")
