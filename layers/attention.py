@@ -3,7 +3,7 @@
 Both own their query/key/value projections and their output projection
 (``nn.Dense`` named ``query``, ``key``, ``value`` (``d -> h p``) and ``out``
 (``h p -> d``); use the backbone with ``output="none"``). The kernels are in
-``kernels.flash_attention`` and ``kernels.linear_attention``.
+``kernels.attention`` and ``kernels.linear_attention``.
 
 Padding (``mask [b, t]``, True = real token): padded keys never receive
 weight, and the outputs at padded positions are zero.
@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
 from kernels import Impl
-from kernels import flash_attention as fa
+from kernels import attention as fa
 from kernels import linear_attention as la
 from layers.dense import FlatDense
 from layers.registry import register_mixer
@@ -99,7 +99,7 @@ class Attention(_QKVOut):
   Fields: ``causal`` (queries see keys ``j <= i``), ``attn_dropout`` (on the
   attention probabilities, rng ``"dropout"``, only when not deterministic:
   that path computes the dense ``[b, h, t, t]`` probabilities, as the blocked
-  kernel has no dropout), ``impl`` (``kernels.flash_attention.attention``:
+  kernel has no dropout), ``impl`` (``kernels.attention.attention``:
   "auto"/"xla" picks dense or blocked by size, "reference", "pallas",
   "pallas_interpret"), ``block_q`` / ``block_k`` (blocks of the blocked or
   Pallas form; None: that form's defaults). The call also takes ``segment_ids [b, t]``

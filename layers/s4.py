@@ -229,7 +229,7 @@ class S4(nn.Module):
       tile = lambda x: jnp.concatenate([x] * c, axis=0)
       K = s4d_kernel(tile(Lambda), tile(B), C.reshape(-1, C.shape[-1]),
                      tile(log_dt), L, discretization=self.discretization,
-                     impl=self._kernel_impl)
+                     impl=self.impl)
       return K.reshape(c, self.d_model, L)
     if self.l_max is None:  # C is the true C.
       C_tilde, L_k = self._dplr_c_tilde(C, log_dt, Lambda, P, B, L), L

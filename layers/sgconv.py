@@ -249,10 +249,6 @@ class SGConv(nn.Module):
     norm = self.kernel_norm.value.astype(jnp.float32)
     return K / norm[:, :, None]
 
-  @property
-  def _conv_impl(self) -> Impl:
-    return Impl.REFERENCE if Impl(self.impl) is Impl.REFERENCE else Impl.XLA
-
   # ------------------------------------------------------------------ call
   def __call__(
       self,
@@ -284,7 +280,7 @@ class SGConv(nn.Module):
     # [b, t, c*d] output is channel i's kernel applied to feature j.
     u_c = jnp.tile(u, (1, 1, c)) if c > 1 else u
     y = fftconv(u_c, k_causal.reshape(c * d, t), k_reverse=k_reverse,
-                impl=self._conv_impl)
+                impl=self.impl)
     y = ACTIVATIONS[self.activation](y)
     if mask is not None:
       y = jnp.where(mask[..., None], y, 0.0)
