@@ -7,7 +7,7 @@ float32 with batch ``--batch`` (8), width ``--width`` (256) and
 ``--heads`` (4) heads of width ``width / heads`` (64):
   * ``attention_dense`` / ``attention_blocked``: the ``attention`` mixer with
     the XLA form forced to the dense ``[b, h, t, t]`` scores or to the blocked
-    (flash) kernel (``kernels.flash_attention.DENSE_MAX_BYTES`` set in the
+    (flash) kernel (``kernels.attention.DENSE_MAX_BYTES`` set in the
     config's subprocess);
   * ``linear_attention_causal`` / ``linear_attention``: ``linear_attention``
     with ``causal=True`` / ``False`` (chunked kernel);
@@ -16,7 +16,7 @@ float32 with batch ``--batch`` (8), width ``--width`` (256) and
     3 random blocks), ``probsparse`` (factor 5; rng ``"sample"``);
 each forward only (``fwd``) and forward + backward (``fwdbwd``: gradients of
 ``sum(y * ct)`` w.r.t. the parameters and ``x``). ``attention_kernel`` times
-the softmax-attention op alone (``kernels.flash_attention.attention`` on
+the softmax-attention op alone (``kernels.attention.attention`` on
 ``q, k, v [b, t, h, p]``, gradients w.r.t. ``q, k, v``): the same work as
 PyTorch's ``scaled_dot_product_attention``, which the issue's full-attention
 target names.
@@ -107,14 +107,14 @@ def _build_mixer(name, mode, t, args):
   import jax.numpy as jnp
 
   import layers
-  from kernels import flash_attention
+  from kernels import attention as attention_ops
 
   if name == "attention_kernel":
     return _build_kernel(mode, t, args)
   if name == "attention_dense":
-    flash_attention.DENSE_MAX_BYTES = float("inf")
+    attention_ops.DENSE_MAX_BYTES = float("inf")
   elif name == "attention_blocked":
-    flash_attention.DENSE_MAX_BYTES = 0
+    attention_ops.DENSE_MAX_BYTES = 0
   registered, kw = _mixer_kwargs(name, t, args)
   layer = layers.get_mixer(registered)(d_model=args.width, **kw)
   key = jax.random.key(0)
@@ -141,12 +141,12 @@ def _build_mixer(name, mode, t, args):
 
 
 def _build_kernel(mode, t, args):
-  """``kernels.flash_attention.attention`` alone (the dispatcher's choice of
+  """``kernels.attention.attention`` alone (the dispatcher's choice of
   dense or blocked form), gradients w.r.t. ``q, k, v``."""
   import jax
   import jax.numpy as jnp
 
-  from kernels import flash_attention
+  from kernels import attention as attention_ops
 
   key = jax.random.key(0)
   shape = (args.batch, t, args.heads, args.width // args.heads)
@@ -154,7 +154,7 @@ def _build_kernel(mode, t, args):
                                    jnp.float32) for i in range(4))
   blocks = {name: size for name, size in (("block_q", args.block_q),
                                           ("block_k", args.block_k)) if size}
-  forward = lambda q, k, v: flash_attention.attention(q, k, v, **blocks)[0]
+  forward = lambda q, k, v: attention_ops.attention(q, k, v, **blocks)[0]
   if mode == "fwd":
     return jax.jit(forward), (q, k, v)
   return jax.jit(jax.grad(lambda q, k, v: jnp.sum(forward(q, k, v) * ct),

@@ -8,7 +8,7 @@ dry run of the script on CPU). In one process, on the default backend:
    compared with the dense reference; the relative errors are printed and the
    exit status is 1 if one exceeds ``--tol``.
 2. **Timing.** Forward and forward + backward of the kernel alone
-   (``kernels.flash_attention.attention`` with ``impl="pallas"`` and with
+   (``kernels.attention.attention`` with ``impl="pallas"`` and with
    ``impl="xla"``) at each length: medians (``harness.time_calls``), the ratio
    to the first length and the Pallas / XLA speed-up, as a markdown table, and
    JSON in ``benchmarks/results/bench_flash_pallas.json``.
@@ -34,7 +34,7 @@ def check(args) -> dict:
   import jax.numpy as jnp
   import numpy as np
 
-  from kernels import flash_attention as fa
+  from kernels import attention as attention_ops
 
   rng = np.random.default_rng(0)
   b, t, h, p = 2, 200, 2, args.head_dim
@@ -46,7 +46,8 @@ def check(args) -> dict:
   kw["kv_segment_ids"] = kw["q_segment_ids"]
 
   def run(impl):
-    fn = jax.jit(lambda q, k, v: fa.attention(q, k, v, impl=impl, **kw)[0])
+    fn = jax.jit(
+        lambda q, k, v: attention_ops.attention(q, k, v, impl=impl, **kw)[0])
     out, vjp = jax.vjp(fn, q, k, v)
     return (out, *vjp(ct))
 
@@ -63,15 +64,15 @@ def time_form(impl, mode, t, args) -> dict:
   import jax
   import jax.numpy as jnp
 
-  from kernels import flash_attention as fa
+  from kernels import attention as attention_ops
 
   dtype = jnp.dtype(args.dtype)
   key = jax.random.key(0)
   shape = (args.batch, t, args.heads, args.head_dim)
   q, k, v, ct = (jax.random.normal(jax.random.fold_in(key, i), shape, dtype)
                  for i in range(4))
-  forward = lambda q, k, v: fa.attention(q, k, v, impl=impl,
-                                         causal=args.causal)[0]
+  forward = lambda q, k, v: attention_ops.attention(q, k, v, impl=impl,
+                                                    causal=args.causal)[0]
   if mode == "fwd":
     fn = jax.jit(forward)
   else:

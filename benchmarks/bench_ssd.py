@@ -41,7 +41,8 @@ def _build(form, mode, t, args):
   import jax.numpy as jnp
   import numpy as np
 
-  from kernels.ssd import ssd_chunked, ssd_quadratic, ssd_reference
+  from kernels.ssd import ssd_quadratic, ssd_reference
+  from kernels.ssd_chunked import ssd_chunked
 
   b, h, p, n = args.batch, args.heads, args.head_dim, args.d_state
   rng = np.random.default_rng(0)

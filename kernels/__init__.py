@@ -4,11 +4,38 @@ Notation used in shapes throughout kernels/ (jaxtyping dimension names):
   b batch, t (or l) time, d model width / channels, h heads, n state size,
   c chunk, k kernel length.
 
-Each op comes in up to three implementations with one signature:
-  * ``<op>_reference``: the paper's equation written the obvious way (the spec);
-  * the XLA form: the fast jnp algorithm;
-  * the Pallas kernel (``interpret=True`` runs it on CPU).
-``impl=Impl.AUTO`` picks Pallas on GPU/TPU and the XLA form on CPU.
+One convention per kernel family (an "op"):
+  * ``<op>_reference``: the paper's equation written the obvious way, in
+    float32: the spec that every other form is tested against;
+  * the XLA form(s): the fast jnp algorithms (``cauchy_xla``,
+    ``attention_dense`` / ``attention_blocked``, ``ssd_chunked``, ...);
+  * ``<op>_pallas`` where a Pallas kernel exists: it takes ``interpret``
+    (True runs it on CPU) and a frozen ``BlockSizes`` of its module, which
+    rejects bad tiles with a message naming the values;
+  * one dispatcher ``<op>(..., impl=Impl.AUTO)`` with the reference's
+    arguments and one return arity whatever ``impl`` picks: sequence ops
+    return ``(output, final_state)`` (``None`` for a stateless op), kernel
+    generators (``cauchy``, ``dplr_kernel``, ``s4d_kernel``) and ``fftconv``
+    return one array.
+
+The ops and their modules:
+  ``cauchy`` (cauchy.py; Pallas), ``dplr_kernel`` (dplr.py; runs the Cauchy
+  Pallas kernel), ``s4d_kernel`` (vandermonde.py), ``fftconv`` (fftconv.py),
+  ``ssd`` (ssd.py, chunked form in ssd_chunked.py), ``linear_attention``
+  (linear_attention.py), ``attention`` (attention.py, Pallas kernels in
+  attention_pallas.py), ``longformer_attention`` (longformer_attention.py) and
+  ``bigbird_attention`` (bigbird_attention.py), both on the masked softmax of
+  block_sparse_attention.py, ``probsparse_attention`` (probsparse.py).
+  attention_common.py holds what every softmax attention shares (the
+  backward's ``dS = P o (dP - delta)``).
+
+Choosing an implementation: ``PALLAS_KERNEL`` records, for every op, which
+Pallas kernel it runs (None: it has none), and ``NATIVE_VALIDATED`` the
+backends on which that kernel has passed its tests natively (interpret mode
+alone does not prove the lowering). ``resolve_impl(impl, op=...)`` resolves
+``Impl.AUTO`` to ``Impl.PALLAS`` only on such a backend, else to the XLA
+form, and rejects a Pallas request for an op without a kernel;
+``supported_impls(op)`` lists what an op accepts (for config validation).
 
 This package never imports Flax.
 """
@@ -26,39 +53,69 @@ class Impl(str, enum.Enum):
   PALLAS_INTERPRET = "pallas_interpret"
 
 
-def resolve_impl(impl: "Impl | str", *, has_pallas: bool = True,
-                 auto_pallas: bool = True) -> Impl:
-  """Resolves ``Impl.AUTO`` for the default backend; validates strings.
+# Every dispatcher, and the Pallas kernel it runs (None: XLA forms only).
+PALLAS_KERNEL: dict[str, str | None] = {
+    "cauchy": "cauchy",
+    "dplr_kernel": "cauchy",       # its Cauchy products
+    "s4d_kernel": None,
+    "fftconv": None,
+    "ssd": None,
+    "linear_attention": None,
+    "attention": "attention",
+    "longformer_attention": None,
+    "bigbird_attention": None,
+    "probsparse_attention": None,
+}
 
-  Args:
-    impl: the requested implementation.
-    has_pallas: whether the op has a Pallas kernel at all.
-    auto_pallas: whether AUTO may pick that kernel on GPU/TPU. An op sets it
-      False until its kernel has been validated natively on that hardware
-      (interpret mode alone does not prove the lowering); ``impl="pallas"``
-      still opts in explicitly.
+# Pallas kernel -> backends (``jax.default_backend()``) where it has passed
+# its test class natively. Empty so far: both kernels have only run in
+# interpret mode on CPU (and been lowered / compiled ahead of time in tests),
+# so AUTO picks the XLA forms everywhere; ``impl="pallas"`` opts in.
+NATIVE_VALIDATED: dict[str, frozenset[str]] = {
+    "cauchy": frozenset(),
+    "attention": frozenset(),
+}
+
+
+def _pallas_kernel(op: str) -> str | None:
+  try:
+    return PALLAS_KERNEL[op]
+  except KeyError:
+    raise ValueError(
+        f"{op=} is not a kernels op; ops: {sorted(PALLAS_KERNEL)}") from None
+
+
+def supported_impls(op: str) -> tuple[str, ...]:
+  """The ``Impl`` values that ``op``'s dispatcher accepts."""
+  if _pallas_kernel(op) is None:
+    return tuple(i.value for i in Impl
+                 if i not in (Impl.PALLAS, Impl.PALLAS_INTERPRET))
+  return tuple(i.value for i in Impl)
+
+
+def resolve_impl(impl: "Impl | str", *, op: str) -> Impl:
+  """Validates ``impl`` for ``op`` and resolves ``Impl.AUTO``.
+
+  AUTO is ``Impl.PALLAS`` where ``op``'s Pallas kernel has passed natively on
+  the default backend (``NATIVE_VALIDATED``), else ``Impl.XLA``.
+
+  Raises:
+    ValueError: ``impl`` is not an ``Impl`` value, ``op`` is unknown, or a
+      Pallas implementation is asked of an op without a Pallas kernel.
   """
   try:
     impl = Impl(impl)
   except ValueError:
     raise ValueError(
         f"{impl=} is not one of {[i.value for i in Impl]}") from None
+  kernel = _pallas_kernel(op)
   if impl is Impl.AUTO:
-    backend = jax.default_backend()
-    if has_pallas and auto_pallas and backend in ("gpu", "cuda", "rocm", "tpu"):
+    if kernel is not None and (jax.default_backend()
+                               in NATIVE_VALIDATED[kernel]):
       return Impl.PALLAS
     return Impl.XLA
-  if impl in (Impl.PALLAS, Impl.PALLAS_INTERPRET) and not has_pallas:
-    raise ValueError(f"{impl=} requested but this op has no Pallas kernel")
+  if impl in (Impl.PALLAS, Impl.PALLAS_INTERPRET) and kernel is None:
+    raise ValueError(
+        f"{op}: impl={impl.value!r} requested but {op} has no Pallas kernel; "
+        f"it accepts {supported_impls(op)}")
   return impl
-
-
-# Ops that have a Pallas kernel.
-_PALLAS_OPS = ("cauchy", "dplr_kernel", "attention")  # the others: XLA only
-
-
-def supported_impls(op: str) -> tuple[str, ...]:
-  """The ``Impl`` values the kernel ``op`` accepts."""
-  if op in _PALLAS_OPS:
-    return tuple(i.value for i in Impl)
-  return (Impl.AUTO.value, Impl.REFERENCE.value, Impl.XLA.value)

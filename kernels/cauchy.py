@@ -25,7 +25,8 @@ Implementations (one signature, ``impl`` picks):
     (the numerator batch and n are padded to powers of two for Triton).
     Custom VJP with a Pallas backward kernel: one program per ``block_m``
     slab loops over the l blocks, so no two programs write the same output
-    (safe on a GPU's parallel grid). Only checked in interpret mode so far.
+    (safe on a GPU's parallel grid). Only checked in interpret mode so far
+    (``kernels.NATIVE_VALIDATED``).
 
 Gradients follow JAX's complex convention (the VJP of a holomorphic map is
 multiplication by its derivative; of ``conj`` it is ``conj``).
@@ -39,11 +40,6 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jaxtyping import Array, Complex
 
-# AUTO keeps the XLA form on GPU/TPU too until the Pallas kernel has passed its
-# native test class (tests/test_cauchy.py) on that hardware; so far it has only
-# run in interpret mode. ``impl="pallas"`` selects it explicitly.
-PALLAS_AUTO = False
-
 from kernels import Impl, resolve_impl
 
 
@@ -52,6 +48,13 @@ class BlockSizes:
   """Pallas tile sizes: ``block_m`` channels (flattened ``wb``) by ``block_l`` nodes."""
   block_m: int = 8
   block_l: int = 128
+
+  def __post_init__(self):
+    block_m, block_l = self.block_m, self.block_l
+    if block_m < 1:
+      raise ValueError(f"{block_m=} must be positive")
+    if block_l < 1:
+      raise ValueError(f"{block_l=} must be positive")
 
 
 def _split_batch(v, w):
@@ -337,10 +340,7 @@ def _pallas_bwd_kernel(cr_ref, ci_ref, wr_ref, wi_ref, zr_ref, zi_ref,
 
 
 def _tiles(m, l, block_sizes):
-  bm, bl = block_sizes.block_m, block_sizes.block_l
-  if bm < 1 or bl < 1:
-    raise ValueError(f"{block_sizes=} must be positive")
-  bm, bl = min(bm, m), min(bl, l)
+  bm, bl = min(block_sizes.block_m, m), min(block_sizes.block_l, l)
   if m % bm:
     raise ValueError(f"channels {m=} is not a multiple of {bm=} (block_m)")
   if l % bl:
@@ -480,13 +480,14 @@ def cauchy(v: Complex[Array, "*vb n"], z: Complex[Array, "l"],
     z: ``[l]`` nodes.
     w: ``[*wb, n]`` poles.
     conj: also add ``conj(v) / (z - conj(w))``.
-    impl: ``Impl``; AUTO is the XLA form (see ``PALLAS_AUTO``).
+    impl: ``Impl``; AUTO picks the Pallas kernel only on a backend where it
+      has passed natively (``kernels.NATIVE_VALIDATED``), else the XLA form.
     block_sizes: Pallas tiles (ignored by the other implementations).
 
   Returns:
     ``[*vb, *wb, l]``.
   """
-  impl = resolve_impl(impl, auto_pallas=PALLAS_AUTO)
+  impl = resolve_impl(impl, op="cauchy")
   if impl is Impl.REFERENCE:
     return cauchy_reference(v, z, w, conj=conj)
   if impl is Impl.XLA:

@@ -353,7 +353,7 @@ def dplr_kernel(
   _check_shapes(Lambda, P, B, C_tilde, log_dt)
   if L < 1:
     raise ValueError(f"{L=} must be positive")
-  impl = resolve_impl(impl, auto_pallas=cauchy_lib.PALLAS_AUTO)
+  impl = resolve_impl(impl, op="dplr_kernel")
   if impl is Impl.REFERENCE:
     Abar, _ = dplr_bilinear(Lambda, P, B, log_dt)
     C = c_from_c_tilde(C_tilde, Abar, L)

@@ -125,10 +125,10 @@ def fftconv(
     k: causal kernel ``[d, t_k]``; any ``t_k >= 1`` (entries past ``t`` unused).
     k_reverse: optional anti-causal kernel ``[d, t_k]``; see the module
       docstring for the convention.
-    impl: ``Impl.REFERENCE`` (direct sum) or the XLA form (AUTO; there is no
-      Pallas kernel for this op).
+    impl: ``Impl.REFERENCE`` (direct sum) or the XLA form (AUTO); there is no
+      Pallas kernel for this op, so asking for one raises a ValueError.
   """
-  impl = resolve_impl(impl, has_pallas=False)
+  impl = resolve_impl(impl, op="fftconv")
   if impl is Impl.REFERENCE:
     return fftconv_reference(u, k, k_reverse=k_reverse)
   return fftconv_xla(u, k, k_reverse=k_reverse)

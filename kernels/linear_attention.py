@@ -277,9 +277,9 @@ def linear_attention(
   """Linear attention ``(out, (S, z))``; see the module docstring.
 
   ``impl``: ``Impl.REFERENCE`` (the recurrence) or the XLA chunked form
-  (AUTO; no Pallas kernel).
+  (AUTO); no Pallas kernel (asking for one raises a ValueError).
   """
-  impl = resolve_impl(impl, has_pallas=False)
+  impl = resolve_impl(impl, op="linear_attention")
   kwargs = dict(causal=causal, chunk_size=chunk_size,
                 initial_state=initial_state, eps=eps)
   if impl is Impl.REFERENCE:

@@ -351,7 +351,7 @@ def probsparse_attention(
                        "explicit `index_sample`) to sample keys")
     index_sample = probsparse_sample(key, q.shape[1], k.shape[1], factor,
                                      kv_mask)
-  impl = resolve_impl(impl, has_pallas=False)
+  impl = resolve_impl(impl, op="probsparse_attention")
   fn = probsparse_reference if impl is Impl.REFERENCE else probsparse_xla
   return fn(q, k, v, index_sample=index_sample, factor=factor, causal=causal,
             scale=scale, kv_mask=kv_mask, q_mask=q_mask)

@@ -155,10 +155,10 @@ def s4d_kernel(
     log_dt: log step size ``[d]``.
     L: kernel length (static int).
     discretization: ``"zoh"`` or ``"bilinear"``.
-    impl: ``Impl.REFERENCE`` (scan of powers) or the XLA form (AUTO; there is
-      no Pallas kernel for this op).
+    impl: ``Impl.REFERENCE`` (scan of powers) or the XLA form (AUTO); there is
+      no Pallas kernel for this op, so asking for one raises a ValueError.
   """
-  impl = resolve_impl(impl, has_pallas=False)
+  impl = resolve_impl(impl, op="s4d_kernel")
   if impl is Impl.REFERENCE:
     return s4d_kernel_reference(A, B, C, log_dt, L,
                                 discretization=discretization)

@@ -3,7 +3,7 @@
 The attention mixers own their query/key/value projections and their output
 projection (``nn.Dense`` named ``query``, ``key``, ``value`` (``d -> h p``) and
 ``out`` (``h p -> d``); use the backbone with ``output="none"``). The kernel
-is ``kernels.flash_attention``. Every attention mixer's config starts from
+is ``kernels.attention``. Every attention mixer's config starts from
 :func:`attention_config` and its validation from :func:`validate_attention`.
 
 Padding (``mask [b, t]``, True = real token): padded keys never receive
@@ -19,7 +19,7 @@ from jaxtyping import Array, Bool, Float, Int
 from ml_collections import config_dict
 
 from configs import checks
-from kernels import flash_attention as fa
+from kernels import attention as fa
 from layers.dense import FlatDense
 from layers.registry import (MixerContext, check_impl, check_module_impl,
                              register_mixer)
@@ -158,7 +158,7 @@ class Attention(QKVProjections):
   Fields: ``causal`` (queries see keys ``j <= i``), ``attn_dropout`` (on the
   attention probabilities, rng ``"dropout"``, only when not deterministic:
   that path computes the dense ``[b, h, t, t]`` probabilities, as the blocked
-  kernel has no dropout), ``impl`` (``kernels.flash_attention.attention``:
+  kernel has no dropout), ``impl`` (``kernels.attention.attention``:
   "auto"/"xla" picks dense or blocked by size, "reference", "pallas",
   "pallas_interpret"), ``block_q`` / ``block_k`` (blocks of the blocked or
   Pallas form; None: that form's defaults). The call also takes ``segment_ids [b, t]``

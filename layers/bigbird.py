@@ -4,7 +4,7 @@ Zaheer et al., "Big Bird: Transformers for Longer Sequences" (NeurIPS 2020);
 official code github.com/google-research/bigbird (``bigbird/core/attention.py``
 ``MultiHeadedAttentionLayer`` with ``attention_type="block_sparse"``). The
 block pattern (window of 3 blocks, global blocks, random blocks from a fixed
-seed) and its block-sparse form are in ``kernels.block_sparse_attention``.
+seed) and its block-sparse form are in ``kernels.bigbird_attention``.
 """
 from typing import Any
 
@@ -14,8 +14,8 @@ import ml_collections
 from jaxtyping import Array, Bool, Float
 
 from kernels import Impl
-from kernels import block_sparse_attention as bsa
 from configs import checks
+from kernels import bigbird_attention as bsa
 from layers.attention import attention_config, validate_attention
 from layers.longformer import head_dense
 from layers.registry import MixerContext, check_impl, register_mixer
@@ -67,7 +67,7 @@ class BigBird(nn.Module):
   ``rows_tokens``: the non-global row blocks run as a scan over groups of
   that many query tokens, each taking only its own key/value blocks;
   None computes them all at once (about twice the memory; see
-  ``kernels.block_sparse_attention.BIGBIRD_ROWS_TOKENS``).
+  ``kernels.bigbird_attention.BIGBIRD_ROWS_TOKENS``).
   """
   d_model: int
   n_heads: int = 4

@@ -24,7 +24,7 @@ from jaxtyping import Array, Bool, Float
 from ml_collections import config_dict
 
 from configs import checks
-from kernels import flash_attention as fa
+from kernels import attention as fa
 from layers.attention import attention_config, validate_attention
 from layers.dense import FlatDense
 from layers.registry import MixerContext, check_module_impl, register_mixer
@@ -192,7 +192,7 @@ class Linformer(nn.Module):
   and O(n k p h) for the attention. In "none" mode the key/value dense
   layers come first (on all n rows) and each head's ``E_i`` follows, which
   is cheaper than h compressions of the d-wide input. The attention
-  over the k compressed keys is ``kernels.flash_attention.attention`` (every
+  over the k compressed keys is ``kernels.attention.attention`` (every
   query sees every compressed key: no mask; ``impl``, ``block_q`` and
   ``block_k``, default all k keys in one block); with attention dropout in
   training the probabilities are computed densely (``[b, h, t, k]``).
@@ -368,7 +368,7 @@ class Linformer(nn.Module):
       y = jnp.einsum("bhtk,bkhp->bthp", probs.astype(self.dtype), v_c)
     else:
       # Every query sees all k compressed keys: plain softmax attention with
-      # s = k (kernels.flash_attention: dense, hand-written backward).
+      # s = k (kernels.attention: dense, hand-written backward).
       y, _ = fa.attention(q, k_c, v_c, impl=self.impl, block_q=self.block_q,
                           block_k=self.block_k or kk)
     y = out(y.reshape(b, t, h * p))

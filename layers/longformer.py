@@ -4,7 +4,7 @@ Beltagy, Peters & Cohan, "Longformer: The Long-Document Transformer" (2020);
 official code github.com/allenai/longformer (``longformer/longformer.py``
 ``LongformerSelfAttention``, ``sliding_chunks.py``). Sliding-window attention
 (optionally dilated) plus a few global tokens, computed by
-``kernels.block_sparse_attention`` (see there for the pattern and the blocked
+``kernels.longformer_attention`` (see there for the pattern and the blocked
 form).
 """
 from typing import Any
@@ -15,8 +15,8 @@ import ml_collections
 from jaxtyping import Array, Bool, Float
 
 from kernels import Impl
-from kernels import block_sparse_attention as bsa
 from configs import checks
+from kernels import longformer_attention as bsa
 from layers.attention import attention_config, validate_attention
 from layers.dense import FlatDense
 from layers.registry import MixerContext, check_impl, register_mixer

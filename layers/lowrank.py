@@ -93,7 +93,7 @@ class LowRankAttention(Attention):
   """Low-Rank Transformer multi-head attention (LRT's "LRMHA").
 
   The ``attention`` mixer (``layers.attention.Attention``: same fields, same
-  kernel ``kernels.flash_attention.attention``, same padding, causal,
+  kernel ``kernels.attention.attention``, same padding, causal,
   segment and dropout behaviour) with each of ``query``, ``key``, ``value``
   and ``out`` a :class:`LowRankDense` of ``rank`` (params ``E``, ``D``,
   ``bias`` under the same names), so ``svd_lowrank`` maps a trained

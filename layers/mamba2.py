@@ -389,12 +389,11 @@ class Mamba2(nn.Module):
     """``kernels.ssd`` with the layer's options: ``(y, state[, states])``."""
     kw = dict(chunk_size=self.chunk_size, initial_state=initial_state,
               window=self.window if windowed else None)
-    if chunk_states:
-      kw["return_chunk_states"] = True
     if self.state_norm is not None:
       return ssd_ops.ssd_reference(x, dt, A, B, C, state_norm=self.state_norm,
-                                   **kw)
-    return ssd_ops.ssd(x, dt, A, B, C, impl=impl or self.impl, **kw)
+                                   return_chunk_states=chunk_states, **kw)
+    op = ssd_ops.ssd_chunk_states if chunk_states else ssd_ops.ssd
+    return op(x, dt, A, B, C, impl=impl or self.impl, **kw)
 
   # ----------------------------------------------------------------- call
   @nn.compact

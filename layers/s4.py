@@ -23,7 +23,7 @@ from kernels.fftconv import fftconv
 from kernels.vandermonde import DISCRETIZATIONS, discretize_diag, s4d_kernel
 from layers.activations import gelu_exact
 from layers.registry import (CAUSAL_TASK, MixerContext, check_impl,
-                             register_mixer)
+                             check_module_impl, register_mixer)
 
 MODES = ("dplr", "diag")
 INITS = ("legs", "lin", "inv")
@@ -213,9 +213,8 @@ class S4(nn.Module):
     if not 0 < self.dt_min <= self.dt_max:
       raise ValueError(f"need 0 < dt_min <= dt_max; got {self.dt_min=} "
                        f"{self.dt_max=}")
-    if self.impl not in [i.value for i in Impl]:
-      raise ValueError(
-          f"impl={self.impl!r} is not one of {[i.value for i in Impl]}")
+    check_module_impl(self.impl,
+                      "dplr_kernel" if self.mode == "dplr" else "s4d_kernel")
     if self.l_max is not None and self.l_max < 1:
       raise ValueError(f"l_max={self.l_max} must be positive or None")
     if self.decode and self.bidirectional:

@@ -305,10 +305,6 @@ class SGConv(nn.Module):
     norm = self.kernel_norm.value.astype(jnp.float32)
     return K / norm[:, :, None]
 
-  @property
-  def _conv_impl(self) -> str:
-    return self.impl
-
   # ------------------------------------------------------------------ call
   def __call__(
       self,
@@ -340,7 +336,7 @@ class SGConv(nn.Module):
     # [b, t, c*d] output is channel i's kernel applied to feature j.
     u_c = jnp.tile(u, (1, 1, c)) if c > 1 else u
     y = fftconv(u_c, k_causal.reshape(c * d, t), k_reverse=k_reverse,
-                impl=self._conv_impl)
+                impl=self.impl)
     y = ACTIVATIONS[self.activation](y)
     if mask is not None:
       y = jnp.where(mask[..., None], y, 0.0)

@@ -119,7 +119,7 @@ def test_attention_matches_numpy(causal, impl, block):
   x, mask = _x(1), _mask()
   variables = layer.init(jax.random.key(0), x)
   if impl == "xla":  # force the blocked form
-    from kernels import flash_attention as fa
+    from kernels import attention as fa
     old, fa.DENSE_MAX_BYTES = fa.DENSE_MAX_BYTES, 0
   try:
     y = jax.jit(layer.apply)(variables, x, jnp.asarray(mask))

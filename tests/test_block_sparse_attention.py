@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from kernels import Impl
-from kernels import block_sparse_attention as bsa
+from kernels import bigbird_attention as bb
+from kernels import longformer_attention as lf
 
 B, H, P = 2, 2, 4
 
@@ -52,7 +53,7 @@ def _compare(fast, ref, args, tol=1e-5):
 def test_longformer_band_is_the_definition():
   t = 23
   for w, d, causal in [(2, 1, False), (3, 2, False), (2, 3, True)]:
-    band = bsa.longformer_band(t, window=w, dilation=d, causal=causal)
+    band = lf.longformer_band(t, window=w, dilation=d, causal=causal)
     for i in range(t):
       ms = range(-w, 1) if causal else range(-w, w + 1)
       want = {i + m * d for m in ms} & set(range(t))
@@ -90,10 +91,10 @@ def test_longformer_blocked_matches_reference(name):
     return dict(global_mask=global_mask, q_global=a[3], k_global=a[4],
                 v_global=a[5])
 
-  fast = lambda *a: bsa.longformer_blocked(
+  fast = lambda *a: lf.longformer_blocked(
       *a[:3], block_size=block, max_global=2, **common, **with_globals(a))
-  ref = lambda *a: bsa.longformer_reference(*a[:3], **common,
-                                            **with_globals(a))
+  ref = lambda *a: lf.longformer_reference(*a[:3], **common,
+                                           **with_globals(a))
   _compare(fast, ref, args)
 
 
@@ -102,8 +103,8 @@ def test_longformer_global_rows_and_columns():
   t = 16
   q, k, v = _arrays(2, 3, t)
   g = jnp.zeros((B, t), bool).at[:, 0].set(True)
-  f = jax.jit(lambda v: bsa.longformer_reference(q, k, v, window=1,
-                                                 global_mask=g)[0])
+  f = jax.jit(lambda v: lf.longformer_reference(q, k, v, window=1,
+                                                global_mask=g)[0])
   y = f(v)
   # Perturbing the value of a far key changes the global row and the rows
   # whose window holds it; perturbing the global token's value changes all.
@@ -116,15 +117,15 @@ def test_longformer_global_rows_and_columns():
 def test_longformer_traced_global_mask_needs_max_global():
   q, k, v = _arrays(3, 3, 8)
   g = jnp.zeros((B, 8), bool).at[:, 0].set(True)
-  f = jax.jit(lambda g: bsa.longformer_blocked(q, k, v, window=2,
-                                               global_mask=g)[0])
+  f = jax.jit(lambda g: lf.longformer_blocked(q, k, v, window=2,
+                                              global_mask=g)[0])
   with pytest.raises(ValueError, match="max_global"):
     f(g)
 
 
 def test_longformer_dispatcher():
   q, k, v = _arrays(4, 3, 12)
-  f = functools.partial(bsa.longformer_attention, window=2, block_size=4)
+  f = functools.partial(lf.longformer_attention, window=2, block_size=4)
   y_ref, _ = jax.jit(functools.partial(f, impl=Impl.REFERENCE))(q, k, v)
   y, state = jax.jit(f)(q, k, v)
   assert state is None and _rel(y, y_ref) < 1e-5
@@ -148,10 +149,10 @@ def test_fast_forms_build_no_t_by_t_array():
   q, k, v = [jnp.zeros((1, t, 1, 4)) for _ in range(3)]
   g = jnp.zeros((1, t), bool).at[:, 0].set(True)
   for fn in (
-      lambda q, k, v: bsa.longformer_blocked(q, k, v, window=16, block_size=32,
-                                             global_mask=g)[0],
-      lambda q, k, v: bsa.bigbird_block_sparse(q, k, v, block_size=16,
-                                               num_rand_blocks=2)[0]):
+      lambda q, k, v: lf.longformer_blocked(q, k, v, window=16, block_size=32,
+                                            global_mask=g)[0],
+      lambda q, k, v: bb.bigbird_block_sparse(q, k, v, block_size=16,
+                                              num_rand_blocks=2)[0]):
     grad = jax.grad(lambda q, k, v: jnp.sum(fn(q, k, v)), argnums=(0, 1, 2))
     assert _max_intermediate(grad, q, k, v) < t * t // 8
 
@@ -159,8 +160,8 @@ def test_fast_forms_build_no_t_by_t_array():
 # ------------------------------------------------------------------- BigBird
 def test_bigbird_random_blocks_follow_the_official_rules():
   nb, r, h = 12, 3, 3
-  rand = bsa.bigbird_random_blocks(nb, num_rand_blocks=r, num_heads=h,
-                                   seed=5)
+  rand = bb.bigbird_random_blocks(nb, num_rand_blocks=r, num_heads=h,
+                                  seed=5)
   assert rand.shape == (h, nb, r)
   assert np.all(rand[:, 0] == -1) and np.all(rand[:, -1] == -1)  # global
   for head in range(h):
@@ -173,29 +174,29 @@ def test_bigbird_random_blocks_follow_the_official_rules():
       if i == nb - 2:
         assert 1 not in row
   assert not np.array_equal(rand[0], rand[1])  # per head
-  again = bsa.bigbird_random_blocks(nb, num_rand_blocks=r, num_heads=h,
-                                    seed=5)
+  again = bb.bigbird_random_blocks(nb, num_rand_blocks=r, num_heads=h,
+                                   seed=5)
   np.testing.assert_array_equal(again, rand)
-  bsa.bigbird_random_blocks.cache_clear()
+  bb.bigbird_random_blocks.cache_clear()
   np.testing.assert_array_equal(
-      bsa.bigbird_random_blocks(nb, num_rand_blocks=r, num_heads=h, seed=5),
+      bb.bigbird_random_blocks(nb, num_rand_blocks=r, num_heads=h, seed=5),
       rand)
-  other = bsa.bigbird_random_blocks(nb, num_rand_blocks=r, num_heads=h,
-                                    seed=6)
+  other = bb.bigbird_random_blocks(nb, num_rand_blocks=r, num_heads=h,
+                                   seed=6)
   assert not np.array_equal(other, rand)
   # Too few legal blocks: the row keeps what there is, the rest is -1.
-  short = bsa.bigbird_random_blocks(6, num_rand_blocks=3, num_heads=1,
-                                    seed=0)
+  short = bb.bigbird_random_blocks(6, num_rand_blocks=3, num_heads=1,
+                                   seed=0)
   np.testing.assert_array_equal(short[0, 1:5, 0], [3, 4, 1, 2])
   assert np.all(short[0, :, 1:] == -1)
 
 
 def test_bigbird_block_mask_is_window_global_random():
   nb, r, h = 10, 2, 2
-  mask = bsa.bigbird_block_mask(nb, num_rand_blocks=r, num_heads=h, seed=1,
-                                global_left=2, global_right=1)
-  rand = bsa.bigbird_random_blocks(nb, num_rand_blocks=r, num_heads=h,
-                                   seed=1, global_left=2, global_right=1)
+  mask = bb.bigbird_block_mask(nb, num_rand_blocks=r, num_heads=h, seed=1,
+                               global_left=2, global_right=1)
+  rand = bb.bigbird_random_blocks(nb, num_rand_blocks=r, num_heads=h,
+                                  seed=1, global_left=2, global_right=1)
   for head in range(h):
     for i in range(nb):
       if i < 2 or i == nb - 1:
@@ -229,13 +230,13 @@ def test_bigbird_block_sparse_matches_reference(name, rows):
              if padding else None)
   kw = dict(block_size=bs, num_rand_blocks=r, global_left=gl,
             global_right=gr, seed=3, causal=causal, kv_mask=kv_mask)
-  fast = lambda *a: bsa.bigbird_block_sparse(  # noqa: E731
+  fast = lambda *a: bb.bigbird_block_sparse(  # noqa: E731
       *a, rows_tokens=None if rows is None else rows * bs, **kw)
   args = _arrays(5, 3, t)
-  _compare(fast, lambda *a: bsa.bigbird_reference(*a, **kw), args)
+  _compare(fast, lambda *a: bb.bigbird_reference(*a, **kw), args)
   # The forward alone (no vjp: the grouped form's primal rule).
   assert _rel(jax.jit(fast)(*args)[0],
-              bsa.bigbird_reference(*args, **kw)[0]) < 1e-5
+              bb.bigbird_reference(*args, **kw)[0]) < 1e-5
 
 
 def test_bigbird_dropout_is_unbiased():
@@ -252,8 +253,8 @@ def test_bigbird_dropout_is_unbiased():
   ct = jax.random.normal(jax.random.key(7), q.shape)
 
   def loss(q, k, v, rng, rate):
-    y, _ = bsa.bigbird_block_sparse(q, k, v, dropout_rate=rate,
-                                    dropout_rng=rng, **kw)
+    y, _ = bb.bigbird_block_sparse(q, k, v, dropout_rate=rate,
+                                   dropout_rng=rng, **kw)
     return jnp.sum(y * ct), y
 
   grad = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)
@@ -269,7 +270,7 @@ def test_bigbird_dropout_is_unbiased():
 def test_bigbird_all_global_and_dispatcher():
   q, k, v = _arrays(6, 3, 8)
   kw = dict(block_size=4, num_rand_blocks=2)
-  f = functools.partial(bsa.bigbird_attention, **kw)
+  f = functools.partial(bb.bigbird_attention, **kw)
   y_ref, _ = jax.jit(functools.partial(f, impl="reference"))(q, k, v)
   y, state = jax.jit(f)(q, k, v)  # 2 blocks, both global
   assert state is None and _rel(y, y_ref) < 1e-5
@@ -279,4 +280,4 @@ def test_bigbird_length_must_be_a_multiple_of_the_block():
   q, k, v = _arrays(7, 3, 10)
   with pytest.raises(ValueError, match="seq_len=10 is not a multiple of "
                      "block_size=4"):
-    bsa.bigbird_block_sparse(q, k, v, block_size=4)
+    bb.bigbird_block_sparse(q, k, v, block_size=4)

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from kernels import Impl
-from kernels.ssd import ssd, ssd_chunked, ssd_quadratic, ssd_reference
+from kernels.ssd import ssd, ssd_quadratic, ssd_reference
+from kernels.ssd_chunked import ssd_chunked
 
 FORMS = {"chunked": ssd_chunked, "quadratic": ssd_quadratic}
 

@@ -15,10 +15,17 @@ import numpy as np
 import pytest
 
 from kernels import Impl
-from kernels import flash_attention as fa
-from kernels.flash_attention import (attention, attention_blocked,
-                                     attention_dense, attention_pallas,
-                                     attention_reference)
+from kernels import attention as attn
+from kernels import attention_pallas as ap
+from kernels.attention import (attention, attention_blocked, attention_dense,
+                               attention_reference)
+from kernels.attention_pallas import BlockSizes, attention_pallas
+
+
+def _blocks(bq, bk):
+  """``BlockSizes`` from loose ints; None keeps a default."""
+  kw = dict(block_q=bq, block_k=bk)
+  return BlockSizes(**{name: n for name, n in kw.items() if n is not None})
 
 
 def _rel(x, ref):
@@ -101,7 +108,7 @@ def test_reference_matches_numpy(causal, masked, segments):
 def _compare(form, q, k, v, kw, tol_y=2e-6, tol_g=5e-6):
   fn = lambda *a: form(*a, **kw)[0]
   kw_ref = {k: w for k, w in kw.items()
-            if k not in ("save_probs", "interpret")}
+            if k not in ("save_probs", "interpret", "block_sizes")}
   ref = lambda *a: attention_reference(*a, **kw_ref)[0]
   out, vjp = jax.vjp(jax.jit(fn), q, k, v)
   out_ref, vjp_ref = jax.vjp(jax.jit(ref), q, k, v)
@@ -161,12 +168,12 @@ def test_dispatcher(monkeypatch):
     assert _rel(attention(q, k, v, impl=impl)[0], ref) < 2e-6
   # Above the dense size limit the XLA form is the blocked one.
   calls = []
-  monkeypatch.setattr(fa, "DENSE_MAX_BYTES", 0)
-  monkeypatch.setattr(fa, "attention_blocked",
+  monkeypatch.setattr(attn, "DENSE_MAX_BYTES", 0)
+  monkeypatch.setattr(attn, "attention_blocked",
                       lambda *a, **kw: calls.append(kw) or ref)
-  fa.attention(q, k, v, impl="xla", block_q=4)
-  monkeypatch.setattr(fa, "SAVE_PROBS_MAX_BYTES", 1 << 20)
-  fa.attention(q, k, v, impl="xla")
+  attn.attention(q, k, v, impl="xla", block_q=4)
+  monkeypatch.setattr(attn, "SAVE_PROBS_MAX_BYTES", 1 << 20)
+  attn.attention(q, k, v, impl="xla")
   assert calls[0]["block_q"] == 4 and not calls[0]["save_probs"]
   assert calls[1]["save_probs"]
   with pytest.raises(ValueError, match="impl="):
@@ -188,7 +195,7 @@ def test_pallas_matches_reference(causal, t, s, bq, bk, masked, segments):
   b = 2
   q, k, v = _inputs(t + s, b=b, t=t, s=s, p=16, pv=8)
   kv_mask, q_seg, kv_seg = _masks(t, b, t, s, segments)
-  kw = dict(causal=causal, block_q=bq, block_k=bk, interpret=True)
+  kw = dict(causal=causal, block_sizes=_blocks(bq, bk), interpret=True)
   if masked:
     kw.update(kv_mask=jnp.asarray(kv_mask))
   if segments:
@@ -206,7 +213,10 @@ def test_pallas_dispatch_and_errors():
   with pytest.raises(ValueError, match="powers of two.*head dim p"):
     attention_pallas(*_inputs(11, t=8, p=12), interpret=True)
   with pytest.raises(ValueError, match="powers of two.*block_k"):
-    attention_pallas(q, k, v, block_k=6, interpret=True)
+    attention_pallas(q, k, v, block_sizes=BlockSizes(block_k=6),
+                     interpret=True)
+  with pytest.raises(ValueError, match="block_q=24 is not"):
+    BlockSizes(block_q=24)
 
 
 def _pallas_grad_fn():
@@ -228,7 +238,7 @@ def test_pallas_lowers_to_triton_for_gpu(monkeypatch):
   """Forward, dQ and dK/dV lower to three Triton kernels for CUDA (lowering
   only: the Triton IR is built here; PTX needs a GPU)."""
   from jax.experimental.pallas import triton as pl_triton
-  monkeypatch.setattr(fa, "_pl_compiler_params",
+  monkeypatch.setattr(ap, "_pl_compiler_params",
                       lambda: pl_triton.CompilerParams(num_warps=4,
                                                        num_stages=2))
   text = _pallas_grad_fn().trace(*_pallas_arg_shapes()).lower(
@@ -277,7 +287,8 @@ def test_pallas_benchmark_dry_run(tmp_path):
 def test_large_logits_are_stable():
   q, k, v = _inputs(8, t=12)
   q = q * 200.0
-  pallas = lambda *a, **kw: attention_pallas(*a, interpret=True, **kw)
+  pallas = lambda *a, block_q, block_k: attention_pallas(
+      *a, block_sizes=_blocks(block_q, block_k), interpret=True)
   for form in (attention_blocked, _blocked_saving, attention_dense, pallas):
     out = form(q, k, v, block_q=4, block_k=4)[0]
     assert _rel(out, attention_reference(q, k, v)[0]) < 1e-5

@@ -1,6 +1,7 @@
-"""Softmax (full) attention: the dense reference, a blocked, memory-efficient
-XLA form with a hand-written backward pass, and the same blocked algorithm as
-Pallas kernels (``attention_pallas``).
+"""Softmax (full) attention: the dense reference, the XLA forms (dense, and
+blocked and memory-efficient, both with a hand-written backward pass) and
+the dispatcher ``attention``; the same blocked algorithm as Pallas kernels is
+in attention_pallas.py.
 
 Vaswani et al., "Attention Is All You Need" (NeurIPS 2017), eq. 1, per head:
 
@@ -21,7 +22,10 @@ and the row log-sum-exp ``L = m + log l``; the backward (FlashAttention-2,
 Algorithm 2) recomputes ``P = exp(S - L)`` block by block:
 
   dV_j += P^T dO_i,  dP = dO_i V_j^T,  dS = P o (dP - D_i),
-  dQ_i += dS K_j,    dK_j += dS^T Q_i,  with D_i = rowsum(dO_i o O_i).
+  dQ_i += dS K_j,    dK_j += dS^T Q_i,  with D_i = rowsum(dO_i o O_i)
+
+(``dS`` and ``D`` by ``attention_common``, shared with the block-sparse
+patterns).
 
 With ``causal=True`` the key blocks entirely in a query block's future are
 never visited (forward and backward loops have data-dependent trip counts).
@@ -39,17 +43,18 @@ Shapes (jaxtyping names): ``b`` batch, ``t`` query length, ``s`` key length,
 ``q.dtype``.
 """
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
-from jax.experimental import pallas as pl
 from jaxtyping import Array, Bool, Float, Int
 
 from kernels import Impl, resolve_impl
+from kernels import attention_common as common
+from kernels.attention_pallas import BlockSizes, attention_pallas
 
 _HI = jax.lax.Precision.HIGHEST
 
+# ------------------------------------------------------------ XLA:CPU tuning
 # The XLA form computes the dense [b, h, t, s] float32 score array when it is
 # at most this many bytes, and the blocked form otherwise. Measured (CPU,
 # float32, b=8 h=4 p=64, forward + backward of the kernel, process CPU
@@ -73,39 +78,7 @@ SAVE_PROBS_MAX_BYTES = 0
 # attention (1024 queries, 256 keys): 256x256 110-137 ms, 512x256 84-93.
 DEFAULT_BLOCK_Q = 512
 DEFAULT_BLOCK_K = 256
-
-
-def _check(q, k, v, causal, kv_mask, q_segment_ids, kv_segment_ids):
-  """Validates shapes; returns ``(b, t, s, h, p)``."""
-  if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
-    raise ValueError(f"q, k, v must be [b, t|s, h, p]; got {q.shape=} "
-                     f"{k.shape=} {v.shape=}")
-  b, t, h, p = q.shape
-  s = k.shape[1]
-  if k.shape != (b, s, h, p):
-    raise ValueError(f"k must be [b, s, h, p] = {(b, s, h, p)}; got {k.shape=}")
-  if v.shape[:3] != (b, s, h):
-    raise ValueError(f"v must be [b, s, h, pv] with {(b, s, h)=}; "
-                     f"got {v.shape=}")
-  if causal and t != s:
-    raise ValueError(f"causal attention needs t == s; got {t=} {s=}")
-  if kv_mask is not None and kv_mask.shape != (b, s):
-    raise ValueError(f"kv_mask must be [b, s] = {(b, s)}; got "
-                     f"{kv_mask.shape=}")
-  if (q_segment_ids is None) != (kv_segment_ids is None):
-    raise ValueError("give both q_segment_ids and kv_segment_ids or neither")
-  if q_segment_ids is not None:
-    if q_segment_ids.shape != (b, t):
-      raise ValueError(f"q_segment_ids must be [b, t] = {(b, t)}; got "
-                       f"{q_segment_ids.shape=}")
-    if kv_segment_ids.shape != (b, s):
-      raise ValueError(f"kv_segment_ids must be [b, s] = {(b, s)}; got "
-                       f"{kv_segment_ids.shape=}")
-  return b, t, s, h, p
-
-
-def _scale(scale, p):
-  return 1.0 / math.sqrt(p) if scale is None else float(scale)
+# --------------------------------------------------------------------------
 
 
 def attention_reference(
@@ -127,12 +100,12 @@ def attention_reference(
   Returns ``(out [b, t, h, pv], None)``.
   """
   del block_q, block_k
-  b, t, s, h, p = _check(q, k, v, causal, kv_mask, q_segment_ids,
-                         kv_segment_ids)
+  b, t, s, h, p = common.check_attention(q, k, v, causal, kv_mask,
+                                         q_segment_ids, kv_segment_ids)
   out_dtype = q.dtype
   q, k, v = (x.astype(jnp.float32) for x in (q, k, v))
   scores = jnp.einsum("bthp,bshp->bhts", q, k, precision=_HI)
-  scores = scores * _scale(scale, p)
+  scores = scores * common.default_scale(scale, p)
   allowed = jnp.ones((b, 1, t, s), bool)
   if kv_mask is not None:
     allowed = allowed & kv_mask[:, None, None, :]
@@ -219,10 +192,10 @@ def _dense_core_bwd(causal, res, dout):
   allowed = _allowed(jnp.arange(t), jnp.arange(s), kv_valid, q_seg, kv_seg,
                      causal)
   probs = _where(allowed, jnp.exp(scores - lse[..., None]), 0.0)
-  delta = jnp.sum(dout * out, axis=-1)
   dv = jnp.einsum("bhts,bhtp->bhsp", probs, dout, precision=_HI)
   dprobs = jnp.einsum("bhtp,bhsp->bhts", dout, v, precision=_HI)
-  dscores = probs * (dprobs - delta[..., None])
+  dscores = common.softmax_scores_grad(probs, dprobs,
+                                       common.softmax_delta(dout, out))
   dq = jnp.einsum("bhts,bhsp->bhtp", dscores, k, precision=_HI)
   dk = jnp.einsum("bhts,bhtp->bhsp", dscores, q, precision=_HI)
   return dq, dk, dv, None, None, None
@@ -322,7 +295,7 @@ def _blocked_core_bwd(causal, bq, bk, save_probs, res, dout):
   b, h, T, p = q.shape
   S, pv = k.shape[2], v.shape[3]
   nq, nk = T // bq, S // bk
-  delta = jnp.sum(dout * out, axis=-1)                        # [b, h, T]
+  delta = common.softmax_delta(dout, out)                     # [b, h, T, 1]
 
   def k_block(dqT, j):
     kj = jax.lax.dynamic_slice_in_dim(k, j * bk, bk, axis=2)
@@ -345,7 +318,8 @@ def _blocked_core_bwd(causal, bq, bk, save_probs, res, dout):
       probsT = _where(allowedT, jnp.exp(scT - lse_i[:, :, None, :]), 0.0)
       dv_j = dv_j + jnp.einsum("bhst,bhtp->bhsp", probsT, doi, precision=_HI)
       dprobsT = jnp.einsum("bhsp,bhtp->bhst", vj, doi, precision=_HI)
-      dsT = probsT * (dprobsT - delta_i[:, :, None, :])
+      dsT = common.softmax_scores_grad(probsT, dprobsT,
+                                       jnp.swapaxes(delta_i, 2, 3))
       dk_j = dk_j + jnp.einsum("bhst,bhtp->bhsp", dsT, qi, precision=_HI)
       # dQ^T [p, t]: a transposed output is cheaper than a transposed lhs.
       dqT_i = jax.lax.dynamic_slice_in_dim(dqT, i * bq, bq, axis=3) + (
@@ -377,7 +351,7 @@ def _blocked_bwd_saved(causal, bq, bk, res, dout):
   b, h, T, p = q.shape
   S, pv = k.shape[2], v.shape[3]
   nq, nk = T // bq, S // bk
-  delta = jnp.sum(dout * out, axis=-1)                        # [b, h, T]
+  delta = common.softmax_delta(dout, out)                     # [b, h, T, 1]
 
   def k_block(dq, j):
     kj = jax.lax.dynamic_slice_in_dim(k, j * bk, bk, axis=2)
@@ -392,7 +366,7 @@ def _blocked_bwd_saved(causal, bq, bk, res, dout):
       probs = e_ij * jnp.exp(M[i, j] - lse_i)[..., None]
       dvT_j = dvT_j + jnp.einsum("bhtp,bhts->bhps", doi, probs, precision=_HI)
       dprobs = jnp.einsum("bhtp,bhsp->bhts", doi, vj, precision=_HI)
-      ds = probs * (dprobs - delta_i[..., None])
+      ds = common.softmax_scores_grad(probs, dprobs, delta_i)
       dkT_j = dkT_j + jnp.einsum("bhtp,bhts->bhps", qi, ds, precision=_HI)
       dq_i = sl(dq) + jnp.einsum("bhts,bhsp->bhtp", ds, kj, precision=_HI)
       dq = jax.lax.dynamic_update_slice_in_dim(dq, dq_i, i * bq, axis=2)
@@ -412,27 +386,6 @@ def _blocked_bwd_saved(causal, bq, bk, res, dout):
 
 
 _blocked_core.defvjp(_blocked_core_fwd, _blocked_core_bwd)
-
-
-def _prepare(q, k, v, kv_mask, q_segment_ids, kv_segment_ids, scale, T, S):
-  """float32, ``[b, h, len, p]`` layout, q scaled, lengths padded to T / S."""
-  b, t, h, p = q.shape
-  s = k.shape[1]
-  f32 = lambda x: x.astype(jnp.float32)
-  to_bh = lambda x, n: jnp.pad(jnp.transpose(f32(x), (0, 2, 1, 3)),
-                               [(0, 0), (0, 0), (0, n - x.shape[1]), (0, 0)])
-  qh = to_bh(q, T) * _scale(scale, p)
-  kh, vh = to_bh(k, S), to_bh(v, S)
-  valid = None  # all keys real: no mask at all
-  if kv_mask is not None or S != s:
-    valid = (jnp.ones((b, s), bool) if kv_mask is None
-             else kv_mask.astype(bool))
-    valid = jnp.pad(valid, [(0, 0), (0, S - s)])  # padding keys: never allowed
-  q_seg = kv_seg = None
-  if q_segment_ids is not None:
-    q_seg = jnp.pad(q_segment_ids.astype(jnp.int32), [(0, 0), (0, T - t)])
-    kv_seg = jnp.pad(kv_segment_ids.astype(jnp.int32), [(0, 0), (0, S - s)])
-  return qh, kh, vh, valid, q_seg, kv_seg
 
 
 def attention_dense(
@@ -455,12 +408,12 @@ def attention_dense(
   Arguments and returns as ``attention_reference``.
   """
   del block_q, block_k
-  b, t, s, h, p = _check(q, k, v, causal, kv_mask, q_segment_ids,
-                         kv_segment_ids)
-  args = _prepare(q, k, v, kv_mask, q_segment_ids, kv_segment_ids, scale, t,
-                  s)
+  b, t, s, h, p = common.check_attention(q, k, v, causal, kv_mask,
+                                         q_segment_ids, kv_segment_ids)
+  args = common.to_heads_layout(q, k, v, kv_mask, q_segment_ids,
+                                kv_segment_ids, scale, t, s)
   out = _dense_core(*args, causal)
-  return jnp.transpose(out, (0, 2, 1, 3)).astype(q.dtype), None
+  return common.from_heads_layout(out, t, q.dtype), None
 
 
 def attention_blocked(
@@ -489,326 +442,17 @@ def attention_blocked(
   block products instead of five). Other arguments and returns as
   ``attention_reference``.
   """
-  b, t, s, h, p = _check(q, k, v, causal, kv_mask, q_segment_ids,
-                         kv_segment_ids)
+  b, t, s, h, p = common.check_attention(q, k, v, causal, kv_mask,
+                                         q_segment_ids, kv_segment_ids)
   if int(block_q) < 1 or int(block_k) < 1:
     raise ValueError(f"{block_q=} and {block_k=} must be >= 1")
   bq, bk = min(int(block_q), t), min(int(block_k), s)
   T, S = -(-t // bq) * bq, -(-s // bk) * bk
-  args = _prepare(q, k, v, kv_mask, q_segment_ids, kv_segment_ids, scale, T,
-                  S)
-  out = _blocked_core(*args, causal, bq, bk, bool(save_probs))[:, :, :t]
-  return jnp.transpose(out, (0, 2, 1, 3)).astype(q.dtype), None
+  args = common.to_heads_layout(q, k, v, kv_mask, q_segment_ids,
+                                kv_segment_ids, scale, T, S)
+  out = _blocked_core(*args, causal, bq, bk, bool(save_probs))
+  return common.from_heads_layout(out, t, q.dtype), None
 
-
-# --------------------------------------------------------------------------
-# Pallas kernels (FlashAttention-2, Algorithms 1 and 2): one program per
-# (batch, head, query block) for the forward and dQ, one per (batch, head,
-# key block) for dK and dV; each loops over the other axis's blocks, so no
-# program writes another's output. The masks come from positions and the
-# per-token vectors, as in the XLA forms. Tested on CPU with
-# ``interpret=True``; not yet run natively, so ``Impl.AUTO`` does not pick
-# them (``impl="pallas"`` does).
-
-def _pl_compiler_params():
-  """Triton on GPU (the kernels are written for it: whole-length key/value
-  refs read block by block in the loops); the default lowering elsewhere."""
-  if jax.default_backend() == "gpu":
-    from jax.experimental.pallas import triton as pl_triton
-    return pl_triton.CompilerParams(num_warps=4, num_stages=2)
-  return None
-
-
-def _pl_dot(a, b, contract_a, contract_b):
-  """``a [m, k] . b`` over dims ``contract_a`` / ``contract_b``, float32."""
-  return jax.lax.dot_general(a, b, (((contract_a,), (contract_b,)), ((), ())),
-                             precision=_HI,
-                             preferred_element_type=jnp.float32)
-
-
-def _pl_allowed(i, j, bq, bk, causal, valid_ref, q_seg, kv_seg_ref):
-  """``[bq, bk]`` bool mask of query block ``i`` against key block ``j``, or
-  None when every key is allowed."""
-  keys = pl.ds(j * bk, bk)
-  allowed = None
-  if valid_ref is not None:                         # [1, S] refs
-    allowed = jnp.broadcast_to(valid_ref[:, keys] != 0, (bq, bk))
-  if q_seg is not None:                             # [bq, 1]
-    same = q_seg == kv_seg_ref[:, keys]
-    allowed = same if allowed is None else allowed & same
-  if causal:
-    qpos = i * bq + jax.lax.broadcasted_iota(jnp.int32, (bq, bk), 0)
-    kpos = j * bk + jax.lax.broadcasted_iota(jnp.int32, (bq, bk), 1)
-    allowed = (qpos >= kpos) if allowed is None else allowed & (qpos >= kpos)
-  return allowed
-
-
-def _pl_unpack(refs, n_out, has_valid, has_seg):
-  """``(q, k, v, valid, q_seg, kv_seg, *rest)`` refs; absent ones None."""
-  q_ref, k_ref, v_ref, *rest = refs
-  valid_ref = rest.pop(0) if has_valid else None
-  q_seg_ref, kv_seg_ref = ((rest.pop(0), rest.pop(0)) if has_seg else
-                           (None, None))
-  assert len(rest) >= n_out
-  return (q_ref, k_ref, v_ref, valid_ref, q_seg_ref, kv_seg_ref, *rest)
-
-
-def _pl_key_blocks(i, bq, bk, nk, causal):
-  """Key blocks that query block ``i`` visits: ``0 .. hi`` (causal: those
-  not entirely in its future)."""
-  if not causal:
-    return nk
-  return jnp.minimum(nk, jax.lax.div((i + 1) * bq + bk - 1, bk))
-
-
-def _pl_fwd_kernel(*refs, causal, has_valid, has_seg, bq, bk, nk):
-  (q_ref, k_ref, v_ref, valid_ref, q_seg_ref, kv_seg_ref, o_ref,
-   lse_ref) = _pl_unpack(refs, 2, has_valid, has_seg)
-  i = pl.program_id(2)
-  q = q_ref[...]                                    # [bq, p], pre-scaled
-  q_seg = None if q_seg_ref is None else q_seg_ref[...]
-  pv = v_ref.shape[-1]
-
-  def body(j, carry):
-    acc, m, l = carry
-    s = _pl_dot(q, k_ref[pl.ds(j * bk, bk), :], 1, 1)     # [bq, bk]
-    allowed = _pl_allowed(i, j, bq, bk, causal, valid_ref, q_seg, kv_seg_ref)
-    if allowed is not None:
-      s = jnp.where(allowed, s, -jnp.inf)
-    m_new = jnp.maximum(m, jnp.max(s, axis=1, keepdims=True))
-    m_use = jnp.where(m_new > -jnp.inf, m_new, 0.0)  # rows without keys yet
-    prob = jnp.exp(s - m_use)
-    alpha = jnp.exp(m - m_use)
-    l = alpha * l + jnp.sum(prob, axis=1, keepdims=True)
-    acc = acc * alpha + _pl_dot(prob, v_ref[pl.ds(j * bk, bk), :], 1, 0)
-    return acc, m_new, l
-
-  init = (jnp.zeros((bq, pv), jnp.float32),
-          jnp.full((bq, 1), -jnp.inf, jnp.float32),
-          jnp.zeros((bq, 1), jnp.float32))
-  acc, m, l = jax.lax.fori_loop(0, _pl_key_blocks(i, bq, bk, nk, causal),
-                                body, init)
-  seen = l > 0                                      # else: no allowed key
-  o_ref[...] = (acc / jnp.where(seen, l, 1.0)).astype(o_ref.dtype)
-  # A row without keys gets lse 0: its backward probabilities exp(-inf - 0)
-  # are then exactly 0.
-  lse_ref[...] = jnp.where(seen, m + jnp.log(jnp.where(seen, l, 1.0)), 0.0)
-
-
-def _pl_probs(q, k, lse, allowed):
-  s = _pl_dot(q, k, 1, 1)
-  if allowed is not None:
-    s = jnp.where(allowed, s, -jnp.inf)
-  return jnp.exp(s - lse)
-
-
-def _pl_dq_kernel(*refs, causal, has_valid, has_seg, bq, bk, nk):
-  (q_ref, k_ref, v_ref, valid_ref, q_seg_ref, kv_seg_ref, do_ref, lse_ref,
-   delta_ref, dq_ref) = _pl_unpack(refs, 4, has_valid, has_seg)
-  i = pl.program_id(2)
-  q, d_out = q_ref[...], do_ref[...]
-  lse, delta = lse_ref[...], delta_ref[...]
-  q_seg = None if q_seg_ref is None else q_seg_ref[...]
-
-  def body(j, dq):
-    k = k_ref[pl.ds(j * bk, bk), :]
-    allowed = _pl_allowed(i, j, bq, bk, causal, valid_ref, q_seg, kv_seg_ref)
-    prob = _pl_probs(q, k, lse, allowed)
-    dp = _pl_dot(d_out, v_ref[pl.ds(j * bk, bk), :], 1, 1)
-    return dq + _pl_dot(prob * (dp - delta), k, 1, 0)
-
-  dq = jax.lax.fori_loop(0, _pl_key_blocks(i, bq, bk, nk, causal), body,
-                         jnp.zeros(q.shape, jnp.float32))
-  dq_ref[...] = dq.astype(dq_ref.dtype)
-
-
-def _pl_dkv_kernel(*refs, causal, has_valid, has_seg, bq, bk, nq):
-  (q_ref, k_ref, v_ref, valid_ref, q_seg_ref, kv_seg_ref, do_ref, lse_ref,
-   delta_ref, dk_ref, dv_ref) = _pl_unpack(refs, 5, has_valid, has_seg)
-  j = pl.program_id(2)
-  k, v = k_ref[...], v_ref[...]                     # key block j
-
-  def body(i, carry):
-    dk, dv = carry
-    rows = pl.ds(i * bq, bq)
-    q, d_out = q_ref[rows, :], do_ref[rows, :]
-    q_seg = None if q_seg_ref is None else q_seg_ref[rows, :]
-    allowed = _pl_allowed(i, j, bq, bk, causal, valid_ref, q_seg, kv_seg_ref)
-    prob = _pl_probs(q, k, lse_ref[rows, :], allowed)      # [bq, bk]
-    dv = dv + _pl_dot(prob, d_out, 0, 0)
-    ds = prob * (_pl_dot(d_out, v, 1, 1) - delta_ref[rows, :])
-    return dk + _pl_dot(ds, q, 0, 0), dv
-
-  lo = jax.lax.div(j * bk, bq) if causal else 0   # query blocks that see j
-  dk, dv = jax.lax.fori_loop(lo, nq, body, (jnp.zeros(k.shape, jnp.float32),
-                                            jnp.zeros(v.shape, jnp.float32)))
-  dk_ref[...] = dk.astype(dk_ref.dtype)
-  dv_ref[...] = dv.astype(dv_ref.dtype)
-
-
-def _pl_specs(q, k, v, kv_valid, q_seg, kv_seg, bq, bk, by_keys):
-  """BlockSpecs and operands of the inputs: the gridded axis's arrays in
-  blocks, the other axis's whole (the kernels loop over it). Per-token
-  vectors are 2-D in the kernels: keys' ``[1, S]`` (from ``[b, 1, S]``),
-  queries' ``[bq | T, 1]`` (from ``[b, T, 1]``), so that every block's last
-  two dims are whole or tiles (as Mosaic TPU requires)."""
-  sq = pl.squeezed
-  T, S = q.shape[2], k.shape[2]
-  p, pv = q.shape[-1], v.shape[-1]
-  if by_keys:
-    specs = [_pl_rows(T, p, False), _pl_rows(bk, p, True),
-             _pl_rows(bk, pv, True)]
-  else:
-    specs = [_pl_rows(bq, p, True), _pl_rows(S, p, False),
-             _pl_rows(S, pv, False)]
-  key_vec = pl.BlockSpec((sq, 1, S), lambda b, h, i: (b, 0, 0))
-  args = [q, k, v]
-  if kv_valid is not None:
-    specs.append(key_vec)
-    args.append(kv_valid.astype(jnp.int32)[:, None, :])
-  if q_seg is not None:
-    q_vec = (pl.BlockSpec((sq, T, 1), lambda b, h, i: (b, 0, 0)) if by_keys
-             else pl.BlockSpec((sq, bq, 1), lambda b, h, i: (b, i, 0)))
-    specs += [q_vec, key_vec]
-    args += [q_seg[:, :, None], kv_seg[:, None, :]]
-  return specs, args
-
-
-def _pl_rows(n, p, blocked):
-  """``[b, h, len, p]`` in blocks of ``n`` rows along the grid's last axis,
-  or whole (``n`` = len) for every program."""
-  sq = pl.squeezed
-  if blocked:
-    return pl.BlockSpec((sq, sq, n, p), lambda b, h, i: (b, h, i, 0))
-  return pl.BlockSpec((sq, sq, n, p), lambda b, h, i: (b, h, 0, 0))
-
-
-def _pl_forward(q, k, v, kv_valid, q_seg, kv_seg, causal, bq, bk,
-                interpret):
-  b, h, T, _ = q.shape
-  S, pv = k.shape[2], v.shape[-1]
-  specs, args = _pl_specs(q, k, v, kv_valid, q_seg, kv_seg, bq, bk, False)
-  kernel = functools.partial(
-      _pl_fwd_kernel, causal=causal, has_valid=kv_valid is not None,
-      has_seg=q_seg is not None, bq=bq, bk=bk, nk=S // bk)
-  return pl.pallas_call(
-      kernel,
-      grid=(b, h, T // bq),
-      in_specs=specs,
-      out_specs=[_pl_rows(bq, pv, True), _pl_rows(bq, 1, True)],
-      out_shape=[jax.ShapeDtypeStruct((b, h, T, pv), jnp.float32),
-                 jax.ShapeDtypeStruct((b, h, T, 1), jnp.float32)],
-      interpret=interpret,
-      compiler_params=None if interpret else _pl_compiler_params(),
-      name="flash_attention_fwd",
-  )(*args)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9))
-def _pallas_core(q, k, v, kv_valid, q_seg, kv_seg, causal, bq, bk, interpret):
-  return _pl_forward(q, k, v, kv_valid, q_seg, kv_seg, causal, bq, bk,
-                     interpret)[0]
-
-
-def _pallas_core_fwd(q, k, v, kv_valid, q_seg, kv_seg, causal, bq, bk,
-                     interpret):
-  out, lse = _pl_forward(q, k, v, kv_valid, q_seg, kv_seg, causal, bq, bk,
-                         interpret)
-  return out, (q, k, v, kv_valid, q_seg, kv_seg, out, lse)
-
-
-def _pallas_core_bwd(causal, bq, bk, interpret, res, dout):
-  q, k, v, kv_valid, q_seg, kv_seg, out, lse = res
-  b, h, T, p = q.shape
-  S, pv = k.shape[2], v.shape[-1]
-  # D_i = rowsum(dO o O), [b, h, T, 1] as lse
-  delta = jnp.sum(dout * out, axis=-1, keepdims=True)
-  flags = dict(causal=causal, has_valid=kv_valid is not None,
-               has_seg=q_seg is not None, bq=bq, bk=bk)
-  rows_blk = [_pl_rows(bq, pv, True), _pl_rows(bq, 1, True),
-              _pl_rows(bq, 1, True)]
-  rows_whole = [_pl_rows(T, pv, False), _pl_rows(T, 1, False),
-                _pl_rows(T, 1, False)]
-  specs, args = _pl_specs(q, k, v, kv_valid, q_seg, kv_seg, bq, bk, False)
-  dq = pl.pallas_call(
-      functools.partial(_pl_dq_kernel, nk=S // bk, **flags),
-      grid=(b, h, T // bq),
-      in_specs=specs + rows_blk,
-      out_specs=_pl_rows(bq, p, True),
-      out_shape=jax.ShapeDtypeStruct(q.shape, jnp.float32),
-      interpret=interpret,
-      compiler_params=None if interpret else _pl_compiler_params(),
-      name="flash_attention_bwd_dq",
-  )(*args, dout, lse, delta)
-  specs, args = _pl_specs(q, k, v, kv_valid, q_seg, kv_seg, bq, bk, True)
-  dk, dv = pl.pallas_call(
-      functools.partial(_pl_dkv_kernel, nq=T // bq, **flags),
-      grid=(b, h, S // bk),
-      in_specs=specs + rows_whole,
-      out_specs=[_pl_rows(bk, p, True), _pl_rows(bk, pv, True)],
-      out_shape=[jax.ShapeDtypeStruct(k.shape, jnp.float32),
-                 jax.ShapeDtypeStruct(v.shape, jnp.float32)],
-      interpret=interpret,
-      compiler_params=None if interpret else _pl_compiler_params(),
-      name="flash_attention_bwd_dkv",
-  )(*args, dout, lse, delta)
-  return dq, dk, dv, None, None, None
-
-
-_pallas_core.defvjp(_pallas_core_fwd, _pallas_core_bwd)
-
-# Pallas blocks: powers of two, as Triton's block shapes must be (and the
-# head dims with them). Not tuned natively yet.
-PALLAS_BLOCK_Q = 128
-PALLAS_BLOCK_K = 128
-
-
-def _pow2(n):
-  return n >= 1 and n & (n - 1) == 0
-
-
-def attention_pallas(
-    q: Float[Array, "b t h p"],
-    k: Float[Array, "b s h p"],
-    v: Float[Array, "b s h pv"],
-    *,
-    causal: bool = False,
-    kv_mask: Bool[Array, "b s"] | None = None,
-    q_segment_ids: Int[Array, "b t"] | None = None,
-    kv_segment_ids: Int[Array, "b s"] | None = None,
-    scale: float | None = None,
-    block_q: int | None = None,
-    block_k: int | None = None,
-    interpret: bool = False,
-) -> tuple[Float[Array, "b t h pv"], None]:
-  """Blocked attention as Pallas kernels (forward, dQ, dK/dV); see the module
-  docstring. Lengths are padded to the blocks (padded keys masked, padded
-  queries cut); blocks (default ``PALLAS_BLOCK_Q`` x ``PALLAS_BLOCK_K``,
-  shrunk to the padded lengths) and the head dims must be powers of two
-  (on GPU also >= 16). ``interpret=True`` runs the kernels on CPU. Returns as
-  ``attention_reference``.
-  """
-  b, t, s, h, p = _check(q, k, v, causal, kv_mask, q_segment_ids,
-                         kv_segment_ids)
-  bq = PALLAS_BLOCK_Q if block_q is None else int(block_q)
-  bk = PALLAS_BLOCK_K if block_k is None else int(block_k)
-  up2 = lambda n: 1 << max(0, (n - 1).bit_length())
-  bq, bk = min(bq, up2(t)), min(bk, up2(s))
-  dims = {"block_q": bq, "block_k": bk, "head dim p": p,
-          "value head dim pv": v.shape[-1]}
-  bad = {name: n for name, n in dims.items() if not _pow2(n)}
-  if bad:
-    raise ValueError(f"the Pallas attention kernel needs powers of two for "
-                     f"its blocks and head dims; got {bad}")
-  small = {name: n for name, n in dims.items() if n < 16}
-  if small and not interpret and jax.default_backend() == "gpu":
-    raise ValueError(f"the Pallas attention kernel's Triton dots need blocks "
-                     f"and head dims >= 16 on GPU; got {small}")
-  T, S = -(-t // bq) * bq, -(-s // bk) * bk
-  args = _prepare(q, k, v, kv_mask, q_segment_ids, kv_segment_ids, scale, T,
-                  S)
-  out = _pallas_core(*args, causal, bq, bk, bool(interpret))[:, :, :t]
-  return jnp.transpose(out, (0, 2, 1, 3)).astype(q.dtype), None
 
 
 def attention(
@@ -825,25 +469,29 @@ def attention(
     block_k: int | None = None,
     impl: Impl | str = Impl.AUTO,
 ) -> tuple[Float[Array, "b t h pv"], None]:
-  """Softmax attention ``(out, None)``; see the module docstring.
+  """Softmax attention ``(out, None)`` whatever ``impl``; see the module
+  docstring.
 
   ``impl``: ``Impl.REFERENCE`` (dense, autodiff); ``Impl.PALLAS`` /
-  ``Impl.PALLAS_INTERPRET``, the Pallas kernels (``attention_pallas``; AUTO
-  does not pick them until they have run natively); or the XLA form (AUTO):
-  dense when the ``[b, h, t, s]`` float32 score array fits in
-  ``DENSE_MAX_BYTES``, else blocked, saving the block probabilities for the
-  backward when they fit in ``SAVE_PROBS_MAX_BYTES``. ``block_q`` /
-  ``block_k``: None takes the chosen form's defaults.
+  ``Impl.PALLAS_INTERPRET``, the Pallas kernels
+  (``kernels.attention_pallas``; AUTO picks them only where they have passed
+  natively, ``kernels.NATIVE_VALIDATED``); or the XLA form: dense when the
+  ``[b, h, t, s]`` float32 score array fits in ``DENSE_MAX_BYTES``, else
+  blocked, saving the block probabilities for the backward when they fit in
+  ``SAVE_PROBS_MAX_BYTES``. ``block_q`` / ``block_k``: None takes the chosen
+  form's defaults (the Pallas ``BlockSizes``' or ``DEFAULT_BLOCK_Q`` /
+  ``DEFAULT_BLOCK_K``).
   """
-  impl = resolve_impl(impl, has_pallas=True, auto_pallas=False)
+  impl = resolve_impl(impl, op="attention")
   kwargs = dict(causal=causal, kv_mask=kv_mask, q_segment_ids=q_segment_ids,
-                kv_segment_ids=kv_segment_ids, scale=scale, block_q=block_q,
-                block_k=block_k)
+                kv_segment_ids=kv_segment_ids, scale=scale)
   if impl is Impl.REFERENCE:
     return attention_reference(q, k, v, **kwargs)
   if impl in (Impl.PALLAS, Impl.PALLAS_INTERPRET):
-    return attention_pallas(q, k, v, interpret=impl is Impl.PALLAS_INTERPRET,
-                            **kwargs)
+    blocks = {name: n for name, n in (("block_q", block_q),
+                                      ("block_k", block_k)) if n is not None}
+    return attention_pallas(q, k, v, block_sizes=BlockSizes(**blocks),
+                            interpret=impl is Impl.PALLAS_INTERPRET, **kwargs)
   kwargs.update(block_q=DEFAULT_BLOCK_Q if block_q is None else block_q,
                 block_k=DEFAULT_BLOCK_K if block_k is None else block_k)
   b, t, h, _ = q.shape
