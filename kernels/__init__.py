@@ -29,9 +29,10 @@ The ops and their modules:
   attention_common.py holds what every softmax attention shares (the
   backward's ``dS = P o (dP - delta)``).
 
-Choosing an implementation: ``PALLAS_KERNEL`` records, for every op, which
-Pallas kernel it runs (None: it has none), and ``NATIVE_VALIDATED`` the
-backends on which that kernel has passed its tests natively (interpret mode
+Choosing an implementation: every op's module records itself with
+``register_op``: ``PALLAS_KERNEL`` then says, for every op, which Pallas
+kernel it runs (None: it has none), and ``NATIVE_VALIDATED`` the backends on
+which that kernel has passed its tests natively (interpret mode
 alone does not prove the lowering). ``resolve_impl(impl, op=...)`` resolves
 ``Impl.AUTO`` to ``Impl.PALLAS`` only on such a backend, else to the XLA
 form, and rejects a Pallas request for an op without a kernel;
@@ -53,28 +54,32 @@ class Impl(str, enum.Enum):
   PALLAS_INTERPRET = "pallas_interpret"
 
 
-# Every dispatcher, and the Pallas kernel it runs (None: XLA forms only).
-PALLAS_KERNEL: dict[str, str | None] = {
-    "cauchy": "cauchy",
-    "dplr_kernel": "cauchy",       # its Cauchy products
-    "s4d_kernel": None,
-    "fftconv": None,
-    "ssd": None,
-    "linear_attention": None,
-    "attention": "attention",
-    "longformer_attention": None,
-    "bigbird_attention": None,
-    "probsparse_attention": None,
-}
-
+# Every dispatcher, and the Pallas kernel it runs (None: XLA forms only), and
 # Pallas kernel -> backends (``jax.default_backend()``) where it has passed
-# its test class natively. Empty so far: both kernels have only run in
+# its test class natively. Each kernel module records its own op with
+# :func:`register_op` (so a new kernel family touches no other file). So far
+# no kernel has passed natively: both Pallas kernels have only run in
 # interpret mode on CPU (and been lowered / compiled ahead of time in tests),
 # so AUTO picks the XLA forms everywhere; ``impl="pallas"`` opts in.
-NATIVE_VALIDATED: dict[str, frozenset[str]] = {
-    "cauchy": frozenset(),
-    "attention": frozenset(),
-}
+PALLAS_KERNEL: dict[str, str | None] = {}
+NATIVE_VALIDATED: dict[str, frozenset[str]] = {}
+
+
+def register_op(op: str, *, pallas: str | None = None,
+                native_validated: frozenset[str] | None = None) -> None:
+  """Records the dispatcher ``op``: the Pallas kernel it runs (None: none)
+  and, for the module that defines that kernel, the backends where it has
+  passed natively."""
+  if PALLAS_KERNEL.get(op, pallas) != pallas:
+    raise ValueError(f"{op=} is already registered with Pallas kernel "
+                     f"{PALLAS_KERNEL[op]!r}")
+  PALLAS_KERNEL[op] = pallas
+  if native_validated is not None:
+    if pallas is None:
+      raise ValueError(f"{op=} has no Pallas kernel to validate")
+    NATIVE_VALIDATED[pallas] = frozenset(native_validated)
+  elif pallas is not None:
+    NATIVE_VALIDATED.setdefault(pallas, frozenset())
 
 
 def _pallas_kernel(op: str) -> str | None:
@@ -82,7 +87,8 @@ def _pallas_kernel(op: str) -> str | None:
     return PALLAS_KERNEL[op]
   except KeyError:
     raise ValueError(
-        f"{op=} is not a kernels op; ops: {sorted(PALLAS_KERNEL)}") from None
+        f"{op=} is not a kernels op (registered: {sorted(PALLAS_KERNEL)}; an "
+        "op is registered when its module is imported)") from None
 
 
 def supported_impls(op: str) -> tuple[str, ...]:

@@ -48,9 +48,13 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from kernels import Impl, resolve_impl
+from kernels import Impl, register_op, resolve_impl
 from kernels import attention_common as common
 from kernels.attention_pallas import BlockSizes, attention_pallas
+
+# native_validated: the backends where the Pallas kernels have passed their
+# test class natively (none yet, so AUTO is the XLA form everywhere).
+register_op("attention", pallas="attention", native_validated=frozenset())
 
 _HI = jax.lax.Precision.HIGHEST
 

@@ -45,12 +45,14 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float
 
-from kernels import Impl, resolve_impl
+from kernels import Impl, register_op, resolve_impl
 from kernels import attention_common as common
 from kernels.block_sparse_attention import (as_f32, attend_or_dropout,
                                             check_qkv, dense_attention,
                                             key_value_grads, kv_valid,
                                             transposed_copy)
+
+register_op("bigbird_attention")
 
 _HI = jax.lax.Precision.HIGHEST
 

@@ -50,8 +50,10 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Complex, Float
 
-from kernels import Impl, resolve_impl
+from kernels import Impl, register_op, resolve_impl
 from kernels import cauchy as cauchy_lib
+
+register_op("dplr_kernel", pallas="cauchy")
 
 
 def _conj_pair(x):

@@ -16,7 +16,9 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from kernels import Impl, resolve_impl
+from kernels import Impl, register_op, resolve_impl
+
+register_op("fftconv")
 
 
 def fft_size(n: int) -> int:

@@ -39,7 +39,9 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from kernels import Impl, resolve_impl
+from kernels import Impl, register_op, resolve_impl
+
+register_op("linear_attention")
 
 _HI = jax.lax.Precision.HIGHEST
 

@@ -38,11 +38,13 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float
 
-from kernels import Impl, resolve_impl
+from kernels import Impl, register_op, resolve_impl
 from kernels import attention_common as common
 from kernels.block_sparse_attention import (as_f32, attend_or_dropout,
                                             check_qkv, dense_attention,
                                             kv_valid)
+
+register_op("longformer_attention")
 
 # Longformer query block (``block_size=None``); see ``longformer_blocked``.
 DEFAULT_BLOCK = 128

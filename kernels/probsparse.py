@@ -47,7 +47,9 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from kernels import Impl, resolve_impl
+from kernels import Impl, register_op, resolve_impl
+
+register_op("probsparse_attention")
 
 _HI = jax.lax.Precision.HIGHEST
 # Dense score arrays [b, h, t, s] (float32) up to this many bytes are formed

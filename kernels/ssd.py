@@ -43,9 +43,11 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from kernels import Impl, resolve_impl
+from kernels import Impl, register_op, resolve_impl
 from kernels import ssd_common as common
 from kernels.ssd_chunked import ssd_chunked
+
+register_op("ssd")
 
 _HI = jax.lax.Precision.HIGHEST
 

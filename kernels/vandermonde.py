@@ -22,7 +22,9 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Complex, Float
 
-from kernels import Impl, resolve_impl
+from kernels import Impl, register_op, resolve_impl
+
+register_op("s4d_kernel")
 
 DISCRETIZATIONS = ("zoh", "bilinear")
 
