@@ -27,6 +27,8 @@ EXTRAS_REQUIRE = {
     "dev": [
         "pytest>=9.0",
         "pytest-xdist>=3.8",
+        # Checks the jaxtyping annotations at run time (tests/conftest.py).
+        "beartype>=0.23.1",
         "nbformat>=5.10",
         "nbclient>=0.10",
         "ipykernel>=6.29",

@@ -20,6 +20,7 @@ from kernels import attention_pallas as ap
 from kernels.attention import (attention, attention_blocked, attention_dense,
                                attention_reference)
 from kernels.attention_pallas import BlockSizes, attention_pallas
+from numerics import rel_err
 
 
 def _blocks(bq, bk):
@@ -27,10 +28,6 @@ def _blocks(bq, bk):
   kw = dict(block_q=bq, block_k=bk)
   return BlockSizes(**{name: n for name, n in kw.items() if n is not None})
 
-
-def _rel(x, ref):
-  x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
-  return np.max(np.abs(x - ref)) / (np.max(np.abs(ref)) + 1e-30)
 
 
 def _inputs(seed, b=2, t=13, s=None, h=2, p=4, pv=None):
@@ -97,7 +94,7 @@ def test_reference_matches_numpy(causal, masked, segments):
   assert state is None
   want = _numpy_attention(q, k, v, _allowed(b, t, t, causal, kv_mask, q_seg,
                                             kv_seg), 0.7)
-  assert _rel(out, want) < 1e-5
+  assert rel_err(out, want) < 1e-5
   if masked:  # a query row with no allowed key gives exactly zero
     allowed = _allowed(b, t, t, causal, kv_mask, q_seg, kv_seg)
     empty = ~allowed.any(-1)
@@ -113,13 +110,13 @@ def _compare(form, q, k, v, kw, tol_y=2e-6, tol_g=5e-6):
   out, vjp = jax.vjp(jax.jit(fn), q, k, v)
   out_ref, vjp_ref = jax.vjp(jax.jit(ref), q, k, v)
   assert out.shape == out_ref.shape and out.dtype == out_ref.dtype
-  assert _rel(out, out_ref) < tol_y, _rel(out, out_ref)
+  assert rel_err(out, out_ref) < tol_y, rel_err(out, out_ref)
   ct = jnp.asarray(np.random.default_rng(7).normal(size=out.shape),
                    jnp.float32)
   for name, g, gr in zip("qkv", vjp(ct), vjp_ref(ct)):
     assert g.shape == gr.shape
     assert np.all(np.isfinite(np.asarray(g))), name
-    assert _rel(g, gr) < tol_g, (name, _rel(g, gr))
+    assert rel_err(g, gr) < tol_g, (name, rel_err(g, gr))
 
 
 @pytest.mark.parametrize("causal,t,s,bq,bk,save_probs", [
@@ -165,7 +162,7 @@ def test_dispatcher(monkeypatch):
   q, k, v = _inputs(6, t=9)
   ref = attention(q, k, v, impl="reference")[0]
   for impl in (Impl.AUTO, "xla"):
-    assert _rel(attention(q, k, v, impl=impl)[0], ref) < 2e-6
+    assert rel_err(attention(q, k, v, impl=impl)[0], ref) < 2e-6
   # Above the dense size limit the XLA form is the blocked one.
   calls = []
   monkeypatch.setattr(attn, "DENSE_MAX_BYTES", 0)
@@ -209,7 +206,7 @@ def test_pallas_dispatch_and_errors():
   ref = attention(q, k, v, impl="reference", causal=True)[0]
   out = attention(q, k, v, impl="pallas_interpret", causal=True,
                   block_q=8, block_k=4)[0]
-  assert _rel(out, ref) < 2e-6
+  assert rel_err(out, ref) < 2e-6
   with pytest.raises(ValueError, match="powers of two.*head dim p"):
     attention_pallas(*_inputs(11, t=8, p=12), interpret=True)
   with pytest.raises(ValueError, match="powers of two.*block_k"):
@@ -291,7 +288,7 @@ def test_large_logits_are_stable():
       *a, block_sizes=_blocks(block_q, block_k), interpret=True)
   for form in (attention_blocked, _blocked_saving, attention_dense, pallas):
     out = form(q, k, v, block_q=4, block_k=4)[0]
-    assert _rel(out, attention_reference(q, k, v)[0]) < 1e-5
+    assert rel_err(out, attention_reference(q, k, v)[0]) < 1e-5
 
 
 def test_bfloat16_inputs():
@@ -299,7 +296,7 @@ def test_bfloat16_inputs():
   out = attention_blocked(q, k, v, block_q=4, block_k=4)[0]
   assert out.dtype == jnp.bfloat16
   ref = attention_reference(q, k, v)[0]
-  assert _rel(out.astype(jnp.float32), ref.astype(jnp.float32)) < 1e-2
+  assert rel_err(out.astype(jnp.float32), ref.astype(jnp.float32)) < 1e-2
 
 
 def test_bad_shapes_raise():

@@ -13,13 +13,9 @@ from layers.attention import Attention
 from layers.linear_attention import LinearAttention
 from layers.registry import MIXERS
 from models import build_model
+from numerics import rel_err
 
 D, H, T = 8, 2, 10
-
-
-def _rel(x, ref):
-  x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
-  return np.max(np.abs(x - ref)) / (np.max(np.abs(ref)) + 1e-30)
 
 
 def _x(seed=0, b=2, t=T):
@@ -127,7 +123,7 @@ def test_attention_matches_numpy(causal, impl, block):
     if impl == "xla":
       fa.DENSE_MAX_BYTES = old
   want = _np_softmax_attention(variables["params"], x, mask, causal)
-  assert _rel(y, want) < 1e-5
+  assert rel_err(y, want) < 1e-5
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -140,7 +136,7 @@ def test_linear_attention_matches_numpy(causal, fmap):
   y = jax.jit(layer.apply)(variables, x, jnp.asarray(mask))
   want = _np_linear_attention(variables["params"], x, mask, causal, fmap,
                               1e-3)
-  assert _rel(y, want) < 1e-5
+  assert rel_err(y, want) < 1e-5
 
 
 @pytest.mark.parametrize("cls,causal", [(Attention, False), (Attention, True),
@@ -154,7 +150,7 @@ def test_padding_invariance(cls, causal):
   xp = jnp.concatenate([x, 5.0 * _x(4, b=1, t=5)], axis=1)
   mask = jnp.arange(12)[None] < 7
   yp = layer.apply(variables, xp, mask)
-  assert _rel(yp[:, :7], y) < 1e-5
+  assert rel_err(yp[:, :7], y) < 1e-5
   np.testing.assert_array_equal(np.asarray(yp[:, 7:]), 0.0)
 
 
@@ -165,8 +161,8 @@ def test_segment_ids_are_separate_sequences():
   packed = jnp.concatenate([a, b], axis=1)
   seg = jnp.asarray([[0] * 4 + [1] * 6])
   y = layer.apply(variables, packed, segment_ids=seg)
-  assert _rel(y[:, :4], layer.apply(variables, a)) < 1e-5
-  assert _rel(y[:, 4:], layer.apply(variables, b)) < 1e-5
+  assert rel_err(y[:, :4], layer.apply(variables, a)) < 1e-5
+  assert rel_err(y[:, 4:], layer.apply(variables, b)) < 1e-5
 
 
 def test_attention_dropout():
@@ -174,15 +170,16 @@ def test_attention_dropout():
   x = _x(7)
   variables = layer.init(jax.random.key(0), x)
   det = layer.apply(variables, x)
-  assert _rel(det, Attention(d_model=D, n_heads=H).apply(variables, x)) < 1e-6
+  assert rel_err(det, Attention(d_model=D, n_heads=H).apply(variables,
+                                                             x)) < 1e-6
   drop = lambda seed: layer.apply(variables, x, deterministic=False,
                                   rngs={"dropout": jax.random.key(seed)})
   y1, y2 = drop(1), drop(2)
-  assert _rel(y1, det) > 1e-3 and _rel(y1, y2) > 1e-3
-  assert _rel(drop(1), y1) == 0.0
+  assert rel_err(y1, det) > 1e-3 and rel_err(y1, y2) > 1e-3
+  assert rel_err(drop(1), y1) == 0.0
   # With rate -> 0 the dropout path is the deterministic one.
   tiny = Attention(d_model=D, n_heads=H, attn_dropout=1e-9)
-  assert _rel(tiny.apply(variables, x, deterministic=False,
+  assert rel_err(tiny.apply(variables, x, deterministic=False,
                          rngs={"dropout": jax.random.key(0)}), det) < 1e-5
 
 
@@ -205,7 +202,7 @@ def test_linear_decode_equals_full_pass(impl):
     cache = mut["cache"]
     outs.append(o)
   assert int(cache["index"]) == T
-  assert _rel(jnp.concatenate(outs, axis=1), y) < 1e-5
+  assert rel_err(jnp.concatenate(outs, axis=1), y) < 1e-5
 
 
 def test_invalid_configs_raise():

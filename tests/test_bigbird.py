@@ -9,13 +9,9 @@ import pytest
 from layers.bigbird import BigBird
 from layers.registry import get_mixer
 from models.classifier import SequenceClassifier
+from numerics import assert_unbiased, rel_err
 
 D, H, BS, T = 8, 2, 3, 24  # 8 blocks
-
-
-def _rel(x, ref):
-  x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
-  return np.max(np.abs(x - ref)) / (np.max(np.abs(ref)) + 1e-30)
 
 
 def _x(seed=0, b=2, t=T):
@@ -60,13 +56,13 @@ def test_block_sparse_matches_reference_values_and_grads(kw, t):
 
   y, (gp, gx) = run("xla", params, x)
   y_ref, (gp_ref, gx_ref) = run("reference", params, x)
-  assert _rel(y, y_ref) < 1e-5
-  assert _rel(gx, gx_ref) < 1e-5
+  assert rel_err(y, y_ref) < 1e-5
+  assert rel_err(gx, gx_ref) < 1e-5
   # All parameters at once: the key bias's gradient is zero up to rounding
   # (softmax is invariant to a shift of all keys), so no per-leaf scale.
   flat = lambda tree: np.concatenate([np.ravel(a)
                                       for a in jax.tree.leaves(tree)])
-  assert _rel(flat(gp), flat(gp_ref)) < 1e-5
+  assert rel_err(flat(gp), flat(gp_ref)) < 1e-5
 
 
 def test_padded_keys_receive_no_weight():
@@ -77,7 +73,7 @@ def test_padded_keys_receive_no_weight():
   f = _apply_fn(layer)
   y = f({"params": params}, x, mask)
   y2 = f({"params": params}, jnp.where(mask[..., None], x, 100.0), mask)
-  assert _rel(y2, y) < 1e-6
+  assert rel_err(y2, y) < 1e-6
   assert np.all(np.asarray(y[1, 14:]) == 0)
 
 
@@ -91,15 +87,15 @@ def test_padding_invariance_without_random_or_last_global():
   mask = jnp.arange(T)[None, :] < jnp.asarray([T, n])[:, None]
   y = _apply_fn(layer)({"params": params}, x, mask)
   y_short = _apply_fn(layer)({"params": params}, x[1:, :n])
-  assert _rel(y[1:, :n], y_short) < 1e-5
+  assert rel_err(y[1:, :n], y_short) < 1e-5
 
 
 def test_seed_fixes_the_pattern():
   x = _x(6)
   params = _params(_layer())
   y = _apply_fn(_layer(seed=4))({"params": params}, x)
-  assert _rel(_apply_fn(_layer(seed=4))({"params": params}, x), y) == 0
-  assert _rel(_apply_fn(_layer(seed=5))({"params": params}, x), y) > 1e-4
+  assert rel_err(_apply_fn(_layer(seed=4))({"params": params}, x), y) == 0
+  assert rel_err(_apply_fn(_layer(seed=5))({"params": params}, x), y) > 1e-4
 
 
 def test_causal_outputs_do_not_see_the_future():
@@ -108,8 +104,8 @@ def test_causal_outputs_do_not_see_the_future():
   x = _x(7)
   y = _apply_fn(layer)({"params": params}, x)
   y2 = _apply_fn(layer)({"params": params}, x.at[:, 10:].add(1.0))
-  assert _rel(y2[:, :10], y[:, :10]) < 1e-6
-  assert _rel(y2[:, 10:], y[:, 10:]) > 1e-3
+  assert rel_err(y2[:, :10], y[:, :10]) < 1e-6
+  assert rel_err(y2[:, 10:], y[:, 10:]) > 1e-3
 
 
 def test_attention_dropout():
@@ -120,7 +116,40 @@ def test_attention_dropout():
   drop = _apply_fn(layer, deterministic=False)
   y1 = drop({"params": params}, x, rngs={"dropout": jax.random.key(0)})
   y2 = drop({"params": params}, x, rngs={"dropout": jax.random.key(1)})
-  assert _rel(y1, y_det) > 1e-3 and _rel(y1, y2) > 1e-3
+  assert rel_err(y1, y_det) > 1e-3 and rel_err(y1, y2) > 1e-3
+
+
+def test_attention_dropout_is_unbiased():
+  """Inverted dropout keeps every expectation: the mean over 1024 draws of
+  the layer's output and of the gradients (params and input, of a
+  random-cotangent loss) is the dropout-free value within 6 standard errors
+  of the mean, per element (a missing 1 / (1 - rate) is ~15 away). Padded
+  keys, causal rows and random blocks included."""
+  layer = _layer(attn_dropout=0.3, causal=True)
+  params = _params(layer)
+  x = _x(9)
+  mask = jnp.arange(T)[None, :] < jnp.asarray([T, 14])[:, None]
+  ct = jax.random.normal(jax.random.key(10), x.shape)
+
+  def out_and_grads(rng):
+    def f(params, x):
+      kw = (dict(deterministic=True) if rng is None else
+            dict(deterministic=False, rngs={"dropout": rng}))
+      return layer.apply({"params": params}, x, mask, **kw)
+    y, vjp = jax.vjp(f, params, x)
+    return y, vjp(ct)
+
+  y0, g0 = jax.jit(lambda: out_and_grads(None))()
+  ys, gs = jax.jit(jax.vmap(out_and_grads))(
+      jax.random.split(jax.random.key(0), 1024))
+  assert rel_err(ys[0], y0) > 0.1  # one draw: far from the mean
+  assert_unbiased(ys, y0, what="output")
+  # All gradients on one scale: the key bias's is zero up to rounding
+  # (softmax is invariant to a shift of all keys), with or without dropout.
+  flat = lambda tree, lead: jnp.concatenate(
+      [jnp.reshape(a, lead + (-1,)) for a in jax.tree.leaves(tree)], -1)
+  assert_unbiased(flat(gs, (len(ys),)), flat(g0, ()),
+                  what="gradients (params and input)")
 
 
 def test_in_sequence_classifier_with_padding():
@@ -135,7 +164,7 @@ def test_in_sequence_classifier_with_padding():
   logits = jax.jit(model.apply)(v, tokens, mask)
   assert logits.shape == (2, 3) and np.all(np.isfinite(logits))
   short = jax.jit(model.apply)(v, tokens[1:, :9])
-  assert _rel(logits[1:], short) < 1e-5
+  assert rel_err(logits[1:], short) < 1e-5
   # The default ITC pattern (random blocks, last global block) runs too.
   model = model.clone(mixer_kwargs=dict(n_heads=H, block_size=4))
   logits = jax.jit(model.apply)(v, tokens, mask)

@@ -16,13 +16,9 @@ import pytest
 from kernels import Impl
 from kernels import bigbird_attention as bb
 from kernels import longformer_attention as lf
+from numerics import rel_err
 
 B, H, P = 2, 2, 4
-
-
-def _rel(x, ref):
-  x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
-  return np.max(np.abs(x - ref)) / (np.max(np.abs(ref)) + 1e-30)
 
 
 def _arrays(seed, n, t):
@@ -44,9 +40,9 @@ def _compare(fast, ref, args, tol=1e-5):
                          args[2].shape[3:])
   y, grads = _value_and_vjp(fast)(args, ct)
   y_ref, grads_ref = _value_and_vjp(ref)(args, ct)
-  assert _rel(y, y_ref) < tol
+  assert rel_err(y, y_ref) < tol
   for i, (g, g_ref) in enumerate(zip(grads, grads_ref)):
-    assert _rel(g, g_ref) < tol, i
+    assert rel_err(g, g_ref) < tol, i
 
 
 # ---------------------------------------------------------------- Longformer
@@ -128,7 +124,7 @@ def test_longformer_dispatcher():
   f = functools.partial(lf.longformer_attention, window=2, block_size=4)
   y_ref, _ = jax.jit(functools.partial(f, impl=Impl.REFERENCE))(q, k, v)
   y, state = jax.jit(f)(q, k, v)
-  assert state is None and _rel(y, y_ref) < 1e-5
+  assert state is None and rel_err(y, y_ref) < 1e-5
 
 
 def _max_intermediate(fn, *args):
@@ -235,8 +231,8 @@ def test_bigbird_block_sparse_matches_reference(name, rows):
   args = _arrays(5, 3, t)
   _compare(fast, lambda *a: bb.bigbird_reference(*a, **kw), args)
   # The forward alone (no vjp: the grouped form's primal rule).
-  assert _rel(jax.jit(fast)(*args)[0],
-              bb.bigbird_reference(*args, **kw)[0]) < 1e-5
+  assert rel_err(jax.jit(fast)(*args)[0],
+                 bb.bigbird_reference(*args, **kw)[0]) < 1e-5
 
 
 def test_bigbird_dropout_is_unbiased():
@@ -261,10 +257,10 @@ def test_bigbird_dropout_is_unbiased():
   (_, y0), g0 = grad(q, k, v, None, 0.0)
   rngs = jax.random.split(jax.random.key(0), 2048)
   (_, ys), gs = jax.jit(jax.vmap(lambda r: grad(q, k, v, r, 0.3)))(rngs)
-  assert _rel(ys[0], y0) > 0.3                 # one draw: far from the mean
-  assert _rel(ys.mean(0), y0) < 0.05
+  assert rel_err(ys[0], y0) > 0.3                 # one draw: far from the mean
+  assert rel_err(ys.mean(0), y0) < 0.05
   for g, g_ref in zip(gs, g0):
-    assert _rel(g.mean(0), g_ref) < 0.05
+    assert rel_err(g.mean(0), g_ref) < 0.05
 
 
 def test_bigbird_all_global_and_dispatcher():
@@ -273,7 +269,7 @@ def test_bigbird_all_global_and_dispatcher():
   f = functools.partial(bb.bigbird_attention, **kw)
   y_ref, _ = jax.jit(functools.partial(f, impl="reference"))(q, k, v)
   y, state = jax.jit(f)(q, k, v)  # 2 blocks, both global
-  assert state is None and _rel(y, y_ref) < 1e-5
+  assert state is None and rel_err(y, y_ref) < 1e-5
 
 
 def test_bigbird_length_must_be_a_multiple_of_the_block():

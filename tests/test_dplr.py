@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from kernels import dplr, hippo
+from numerics import rel_err
 
 D, N = 3, 16  # channels, full state size
 N2 = N // 2
@@ -30,10 +31,6 @@ def _params(rng, kind="legs", rank=1, dtype=jnp.complex64, channels=()):
           jnp.asarray(C, dtype), jnp.asarray(log_dt, rdt))
 
 
-def _rel(a, b):
-  return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
-
-
 def _tilde(Lam, P, B, C, log_dt, L):
   Abar, _ = dplr.dplr_bilinear(Lam, P, B, log_dt)
   return dplr.c_tilde_from_c(C, Abar, L)
@@ -47,7 +44,7 @@ def test_kernel_matches_reference(rng, L, kind):
   Ct = _tilde(Lam, P, B, C, log_dt, L)
   K = dplr.dplr_kernel(Lam, P, B, Ct, log_dt, L)
   assert K.shape == (D, L) and K.dtype == jnp.float32
-  assert _rel(K, K_ref) < 1e-4
+  assert rel_err(K, K_ref) < 1e-4
 
 
 def test_kernel_float64(rng):
@@ -56,7 +53,8 @@ def test_kernel_float64(rng):
     L = 64
     K = dplr.dplr_kernel(Lam, P, B, _tilde(Lam, P, B, C, log_dt, L), log_dt, L)
     assert K.dtype == jnp.float64
-    assert _rel(K, dplr.dplr_kernel_reference(Lam, P, B, C, log_dt, L)) < 1e-10
+    assert rel_err(K, dplr.dplr_kernel_reference(Lam, P, B, C, log_dt,
+                                                 L)) < 1e-10
 
 
 @pytest.mark.parametrize("rank", [1, 2])
@@ -67,7 +65,7 @@ def test_kernel_rank_and_channels(rng, rank):
   K_ref = dplr.dplr_kernel_reference(Lam, P, B, C, log_dt, L)
   K = dplr.dplr_kernel(Lam, P, B, _tilde(Lam, P, B, C, log_dt, L), log_dt, L)
   assert K.shape == (2, D, L)
-  assert _rel(K, K_ref) < 1e-4
+  assert rel_err(K, K_ref) < 1e-4
 
 
 def test_kernel_pallas_interpret(rng):
@@ -78,14 +76,14 @@ def test_kernel_pallas_interpret(rng):
   from kernels.cauchy import BlockSizes
   fn = lambda *a: dplr.dplr_kernel(*a, L, impl="pallas_interpret",
                                    block_sizes=BlockSizes(2, 8))
-  assert _rel(jax.jit(fn)(Lam, P, B, Ct, log_dt), K_ref) < 1e-4
+  assert rel_err(jax.jit(fn)(Lam, P, B, Ct, log_dt), K_ref) < 1e-4
   ct = jnp.asarray(rng.normal(size=(D, L)), jnp.float32)
   g = jax.jit(jax.grad(lambda *a: jnp.sum(ct * fn(*a)),
                        argnums=(0, 1, 2, 3, 4)))(Lam, P, B, Ct, log_dt)
   g_xla = jax.grad(lambda *a: jnp.sum(ct * dplr.dplr_kernel(*a, L, impl="xla")),
                    argnums=(0, 1, 2, 3, 4))(Lam, P, B, Ct, log_dt)
   for a, b in zip(g, g_xla):
-    assert _rel(a, b) < 1e-4
+    assert rel_err(a, b) < 1e-4
 
 
 def test_impl_reference_path(rng):
@@ -93,7 +91,7 @@ def test_impl_reference_path(rng):
   L = 24
   Ct = _tilde(Lam, P, B, C, log_dt, L)
   K_ref = dplr.dplr_kernel_reference(Lam, P, B, C, log_dt, L)
-  assert _rel(dplr.dplr_kernel(Lam, P, B, Ct, log_dt, L, impl="reference"),
+  assert rel_err(dplr.dplr_kernel(Lam, P, B, Ct, log_dt, L, impl="reference"),
               K_ref) < 1e-4
 
 
@@ -128,7 +126,7 @@ def test_gradients_match_reference(rng, L, kind):
     g_ref = [np.asarray(x) for x in g_ref]
   for name, a, b in zip(("Lambda", "P", "B", "C~", "log_dt"), g, g_ref):
     assert a.shape == b.shape, name
-    err = float(np.max(np.abs(np.asarray(a) - b)) / np.max(np.abs(b)))
+    err = rel_err(a, b)
     assert err < 2e-3, (name, err)
 
 
@@ -137,7 +135,7 @@ def test_c_tilde_round_trip(rng):
   Abar, _ = dplr.dplr_bilinear(Lam, P, B, log_dt)
   Ct = dplr.c_tilde_from_c(C, Abar, 32)
   assert Ct.shape == C.shape
-  assert _rel(dplr.c_from_c_tilde(Ct, Abar, 32), C) < 1e-4
+  assert rel_err(dplr.c_from_c_tilde(Ct, Abar, 32), C) < 1e-4
 
 
 @pytest.mark.parametrize("L_new", [100, 256, 40])  # longer, longer, shorter
@@ -148,7 +146,7 @@ def test_c_tilde_for_length(rng, L_new):
   Ct_new = dplr.c_tilde_for_length(Ct_old, Lam, P, log_dt, L_old, L_new)
   K = dplr.dplr_kernel(Lam, P, B, Ct_new, log_dt, L_new)
   K_ref = dplr.dplr_kernel_reference(Lam, P, B, C, log_dt, L_new)
-  assert _rel(K, K_ref) < 1e-4
+  assert rel_err(K, K_ref) < 1e-4
 
 
 def test_abar_power_is_repeated_squaring(rng):
@@ -157,7 +155,7 @@ def test_abar_power_is_repeated_squaring(rng):
   naive = Abar
   for _ in range(12):
     naive = jnp.einsum("dpq,dqr->dpr", naive, Abar)
-  assert _rel(dplr._power(Abar, 13), naive) < 1e-5
+  assert rel_err(dplr._power(Abar, 13), naive) < 1e-5
 
 
 @pytest.mark.parametrize("real", [True, False])
@@ -182,12 +180,12 @@ def test_decode_reproduces_kernel(rng, real):
   impulse = np.zeros((L, D), np.float32)
   impulse[0] = 1
   y = run(jnp.asarray(impulse))
-  assert np.max(np.abs(y.T - K)) / np.max(np.abs(K)) < 1e-4
+  assert rel_err(y.T, K) < 1e-4
   u = rng.normal(size=(L, D))
   y = run(jnp.asarray(u, jnp.float32))
   y_conv = np.stack([[np.dot(K[d, :t + 1][::-1], u[:t + 1, d]) for d in range(D)]
                      for t in range(L)])
-  assert np.max(np.abs(y - y_conv)) / np.max(np.abs(y_conv)) < 1e-4
+  assert rel_err(y, y_conv) < 1e-4
 
 
 def test_shape_errors(rng):

@@ -6,11 +6,7 @@ import pytest
 
 from kernels import Impl
 from kernels.fftconv import fft_size, fftconv, fftconv_reference
-
-
-def _rel(x, ref):
-  x, ref = np.asarray(x), np.asarray(ref)
-  return np.max(np.abs(x - ref)) / (np.max(np.abs(ref)) + 1e-30)
+from numerics import rel_err
 
 
 def _inputs(seed, b, t, d, t_k):
@@ -37,11 +33,11 @@ def test_values_and_grads_vs_reference(bidirectional, t, t_k):
   y, vjp_fast = jax.vjp(fast, *args)
   y_ref, vjp_ref = jax.vjp(ref, *args)
   assert y.shape == u.shape and y.dtype == u.dtype
-  assert _rel(y, y_ref) < 1e-5
+  assert rel_err(y, y_ref) < 1e-5
   ct = jnp.asarray(np.random.default_rng(1).normal(size=y.shape), jnp.float32)
   for g, g_ref in zip(vjp_fast(ct), vjp_ref(ct)):
     assert g.shape == g_ref.shape
-    assert _rel(g, g_ref) < 1e-5
+    assert rel_err(g, g_ref) < 1e-5
 
 
 def test_reference_convention_by_hand():
@@ -61,7 +57,7 @@ def test_bfloat16_input_computes_in_float32():
   u, k, _ = _inputs(0, 2, 33, 4, 33)
   y = jax.jit(fftconv)(u.astype(jnp.bfloat16), k)
   assert y.dtype == jnp.bfloat16
-  assert _rel(y.astype(jnp.float32), fftconv_reference(u, k)) < 2e-2
+  assert rel_err(y.astype(jnp.float32), fftconv_reference(u, k)) < 2e-2
 
 
 def test_fft_size_is_smooth_and_minimal():

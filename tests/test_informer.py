@@ -2,23 +2,21 @@
 decoder dependence structure, training."""
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import scipy.special
 
 from layers import informer as inf
 from layers import probsparse
 from layers.registry import MIXERS
 from models.informer import Informer
+from numerics import assert_close, rel_err
 
 SEQ, LABEL, PRED, C, NT = 24, 12, 6, 3, 4
-
-
-def _rel(x, ref):
-  x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
-  return np.max(np.abs(x - ref)) / (np.max(np.abs(ref)) + 1e-30)
 
 
 def _model(**kw):
@@ -69,12 +67,12 @@ def test_forward_shapes_params_and_collections():
   assert np.all(np.isfinite(np.asarray(y)))
   # ProbSparse draws a new sample per call; "full" attention does not sample.
   y2 = _jit_apply(model)(v, batch, jax.random.key(2))
-  assert _rel(y2, y) > 0
+  assert rel_err(y2, y) > 0
   # An all-True mask (as the ETT pipeline gives) changes nothing.
   mask = jnp.ones((2, SEQ), bool)
   y_m = jax.jit(lambda v, batch: model.apply(
       v, mask=mask, **batch, rngs={"sample": jax.random.key(1)}))(v, batch)
-  assert _rel(y_m, y) < 1e-6
+  assert rel_err(y_m, y) < 1e-6
 
 
 def test_full_attention_and_encoder_mixer():
@@ -91,6 +89,69 @@ def test_full_attention_and_encoder_mixer():
   assert q.shape == (16, 16)
   y = jax.jit(lambda v: model.apply(v, **batch))(v)
   assert y.shape == (2, PRED, C) and np.all(np.isfinite(np.asarray(y)))
+
+
+def _np_layer_norm(x, p):
+  mu = x.mean(-1, keepdims=True)
+  var = ((x - mu) ** 2).mean(-1, keepdims=True)
+  return (x - mu) / np.sqrt(var + 1e-5) * p["scale"] + p["bias"]
+
+
+def _np_dense(x, p):
+  return x @ p["kernel"] + p["bias"]
+
+
+def _np_gelu(x):
+  return 0.5 * x * (1.0 + scipy.special.erf(x / np.sqrt(2.0)))
+
+
+def test_encoder_mixer_values():
+  """``encoder_mixer`` replaces every encoder self-attention, in place.
+
+  With the registered full-attention mixer ("attention") the model is the
+  attn="full" Informer, given the same parameters (the trees match). With
+  linear attention, whose outputs differ from full attention's, each encoder
+  layer's output is ``norm2(x1 + ffn(x1))`` with ``x1 = norm1(x + mixer(x,
+  mask))`` in numpy, the mixer applied on its own to the layer's captured
+  input and (pooled) padding mask.
+  """
+  batch = _batch(3)
+  mask = jnp.arange(SEQ)[None, :] < jnp.asarray([SEQ, 17])[:, None]
+  run = lambda model, v: jax.jit(functools.partial(
+      model.apply, mask=mask, capture_intermediates=True,
+      mutable=["intermediates"]))(v, **batch)
+  full = _model(attn="full")
+  v = jax.jit(lambda k: full.init(k, **batch))(jax.random.key(0))
+  y_full, _ = run(full, v)
+  mixed = _model(attn="full", encoder_mixer="attention",
+                 encoder_mixer_kwargs=dict(n_heads=2))
+  shapes = lambda tree: jax.tree.map(lambda a: a.shape, nn.unbox(tree))
+  assert shapes(jax.eval_shape(lambda k: mixed.init(k, **batch),
+                               jax.random.key(0))) == shapes(v)
+  assert_close(run(mixed, v)[0], y_full, rtol=1e-5,
+               what='encoder_mixer="attention" vs attn="full"')
+
+  mixer_kwargs = dict(n_heads=2)
+  linear = _model(attn="full", encoder_mixer="linear_attention",
+                  encoder_mixer_kwargs=mixer_kwargs)
+  y, state = run(linear, v)  # the same parameters: the mixer matters
+  assert rel_err(y, y_full) > 1e-2
+  p = jax.tree.map(np.asarray, nn.unbox(v["params"]))
+  acts = state["intermediates"]
+  mixer = MIXERS["linear_attention"](d_model=16, **mixer_kwargs)
+  layer_inputs = [acts["enc_embedding"]["__call__"][0],
+                  acts["distil_0"]["__call__"][0]]
+  masks = [mask, inf.pool_mask(mask)]
+  for i, (x, m) in enumerate(zip(layer_inputs, masks)):
+    pe = p[f"encoder_{i}"]
+    a = mixer.apply({"params": pe["attention"]}, x, m)
+    x, a = np.asarray(x, np.float64), np.asarray(a, np.float64)
+    x1 = _np_layer_norm(x + a, pe["norm1"])
+    ffn = _np_dense(_np_gelu(_np_dense(x1, pe["ffn"]["conv1"])),
+                    pe["ffn"]["conv2"])
+    want = _np_layer_norm(x1 + ffn, pe["norm2"])
+    assert_close(acts[f"encoder_{i}"]["__call__"][0], want, rtol=1e-5,
+                 what=f"encoder_{i}")
 
 
 def test_missing_sample_rng_and_bad_shapes_raise():
@@ -126,7 +187,7 @@ def test_circular_conv_matches_numpy():
   bias = np.asarray(v["params"]["bias"].value)
   xn = np.asarray(x)
   ref = bias + sum(np.roll(xn, 1 - j, axis=1) @ w[j] for j in range(3))
-  assert _rel(conv.apply(v, x), ref) < 1e-6
+  assert rel_err(conv.apply(v, x), ref) < 1e-6
 
 
 def test_positional_table_official_values():
@@ -155,7 +216,7 @@ def test_registered_mixer_in_classifier_with_padding():
   logits = apply(v, tokens, mask)
   assert logits.shape == (2, 3) and np.all(np.isfinite(np.asarray(logits)))
   short = apply(v, tokens[1:, :12], jnp.ones((1, 12), bool))
-  assert _rel(logits[1:], short) < 1e-5
+  assert rel_err(logits[1:], short) < 1e-5
 
 
 def test_mixer_zeroes_padded_rows_and_full_attention_dropout():
@@ -167,10 +228,10 @@ def test_mixer_zeroes_padded_rows_and_full_attention_dropout():
   y = layer.apply(v, x, mask)
   assert np.all(np.asarray(y[1, 6:]) == 0)
   short = layer.apply(v, x[1:, :6])
-  assert _rel(y[1:, :6], short) < 1e-6
+  assert rel_err(y[1:, :6], short) < 1e-6
   y_drop = layer.apply(v, x, mask, deterministic=False,
                        rngs={"dropout": jax.random.key(2)})
-  assert _rel(y_drop, y) > 1e-3
+  assert rel_err(y_drop, y) > 1e-3
 
 
 def _decoder_sensitivity(model, v, batch, key):

@@ -12,15 +12,11 @@ from kernels.linear_attention import (linear_attention,
                                       linear_attention_chunked,
                                       linear_attention_quadratic,
                                       linear_attention_recurrent)
+from numerics import rel_err
 
 FORMS = {"chunked": linear_attention_chunked,
          "quadratic": linear_attention_quadratic,
          "recurrent": linear_attention_recurrent}
-
-
-def _rel(x, ref):
-  x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
-  return np.max(np.abs(x - ref)) / (np.max(np.abs(ref)) + 1e-30)
 
 
 def _inputs(seed, b=2, t=13, h=2, p=3, pv=4, init=False):
@@ -64,8 +60,8 @@ def test_recurrent_matches_numpy(causal, init):
   out, (S, z) = linear_attention_recurrent(q, k, v, causal=causal,
                                            initial_state=state, eps=0.1)
   want, (S_np, z_np) = _numpy(q, k, v, state, causal, 0.1)
-  assert _rel(out, want) < 1e-5
-  assert _rel(S, S_np) < 1e-5 and _rel(z, z_np) < 1e-5
+  assert rel_err(out, want) < 1e-5
+  assert rel_err(S, S_np) < 1e-5 and rel_err(z, z_np) < 1e-5
 
 
 def _compare(form, args, kw, tol_y=1e-5, tol_g=2e-5):
@@ -82,13 +78,13 @@ def _compare(form, args, kw, tol_y=1e-5, tol_g=2e-5):
   flat, flat_ref = jax.tree.leaves(out), jax.tree.leaves(out_ref)
   for o, r in zip(flat, flat_ref):
     assert o.shape == r.shape and o.dtype == r.dtype
-    assert _rel(o, r) < tol_y, (_rel(o, r), o.shape)
+    assert rel_err(o, r) < tol_y, (rel_err(o, r), o.shape)
   rng = np.random.default_rng(1)
   cts = jax.tree.map(
       lambda o: jnp.asarray(rng.normal(size=o.shape), jnp.float32), out)
   for name, g, gr in zip(["q", "k", "v", "state"], vjp(cts), vjp_ref(cts)):
     for a, r in zip(jax.tree.leaves(g), jax.tree.leaves(gr)):
-      assert _rel(a, r) < tol_g, (name, _rel(a, r))
+      assert rel_err(a, r) < tol_g, (name, rel_err(a, r))
 
 
 @pytest.mark.parametrize("form,t,chunk,init", [
@@ -125,7 +121,7 @@ def test_chunked_scan_over_blocks_matches_recurrent(t, chunk, block, init):
   a = form(q, k, v, chunk_size=chunk, initial_state=state)
   b = one(q, k, v, chunk_size=chunk, initial_state=state)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    assert _rel(x, y) < 1e-6
+    assert rel_err(x, y) < 1e-6
 
 
 @pytest.mark.parametrize("form", sorted(FORMS))
@@ -135,8 +131,8 @@ def test_non_causal_global_form(form, init):
   out, (S, z) = FORMS[form](q, k, v, causal=False, chunk_size=4,
                             initial_state=state)
   want, (S_np, z_np) = _numpy(q, k, v, state, False, 1e-6)
-  assert _rel(out, want) < 1e-5
-  assert _rel(S, S_np) < 1e-5 and _rel(z, z_np) < 1e-5
+  assert rel_err(out, want) < 1e-5
+  assert rel_err(S, S_np) < 1e-5 and rel_err(z, z_np) < 1e-5
   if form != "recurrent":
     _compare(FORMS[form], (q, k, v, state), dict(causal=False, chunk_size=4))
 
@@ -154,14 +150,15 @@ def test_decode_step_by_step_equals_full():
     else:
       o, state = step(q[:, i:i + 1], k[:, i:i + 1], v[:, i:i + 1], state)
     outs.append(o)
-  assert _rel(jnp.concatenate(outs, 1), full) < 1e-5
-  assert _rel(state[0], final[0]) < 1e-5 and _rel(state[1], final[1]) < 1e-5
+  assert rel_err(jnp.concatenate(outs, 1), full) < 1e-5
+  assert (rel_err(state[0], final[0]) < 1e-5 and
+          rel_err(state[1], final[1]) < 1e-5)
   # Prefill 6 tokens, then continue with the chunked form: one full run.
   o1, s1 = linear_attention_chunked(q[:, :6], k[:, :6], v[:, :6], chunk_size=4)
   o2, s2 = linear_attention_chunked(q[:, 6:], k[:, 6:], v[:, 6:], chunk_size=4,
                                     initial_state=s1)
-  assert _rel(jnp.concatenate([o1, o2], 1), full) < 1e-5
-  assert _rel(s2[0], final[0]) < 1e-5
+  assert rel_err(jnp.concatenate([o1, o2], 1), full) < 1e-5
+  assert rel_err(s2[0], final[0]) < 1e-5
 
 
 def test_zero_keys_contribute_nothing():
@@ -170,8 +167,8 @@ def test_zero_keys_contribute_nothing():
   out, (S, z) = linear_attention_chunked(q, k, v, causal=False, chunk_size=5)
   ref, (S8, z8) = linear_attention_chunked(q[:, :8], k[:, :8], v[:, :8],
                                            causal=False, chunk_size=5)
-  assert _rel(out[:, :8], ref) < 1e-6
-  assert _rel(S, S8) < 1e-6 and _rel(z, z8) < 1e-6
+  assert rel_err(out[:, :8], ref) < 1e-6
+  assert rel_err(S, S8) < 1e-6 and rel_err(z, z8) < 1e-6
 
 
 def test_dispatcher_and_errors():
@@ -179,7 +176,7 @@ def test_dispatcher_and_errors():
   ref = linear_attention(q, k, v, initial_state=state, impl=Impl.REFERENCE)
   for impl in ("auto", "xla"):
     out = linear_attention(q, k, v, initial_state=state, impl=impl)
-    assert _rel(out[0], ref[0]) < 1e-5
+    assert rel_err(out[0], ref[0]) < 1e-5
   with pytest.raises(ValueError, match="impl="):
     linear_attention(q, k, v, impl="pallas")
   with pytest.raises(ValueError, match="initial_state must be"):
@@ -197,5 +194,5 @@ def test_bfloat16_inputs():
   out, (S, _) = linear_attention_chunked(*(x.astype(jnp.bfloat16)
                                            for x in (q, k, v)), chunk_size=4)
   assert out.dtype == jnp.bfloat16 and S.dtype == jnp.float32
-  assert _rel(out.astype(jnp.float32),
+  assert rel_err(out.astype(jnp.float32),
               linear_attention_recurrent(q, k, v)[0]) < 2e-2

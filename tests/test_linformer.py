@@ -12,13 +12,9 @@ from layers.linformer import (SHARING, Linformer, LinformerProjection,
                               linformer_reference)
 from layers.registry import MIXERS
 from models.classifier import SequenceClassifier
+from numerics import rel_err, rel_err_norm
 
 D, H, N, K = 16, 2, 24, 8  # width, heads, max_length, projected length
-
-
-def _rel(x, ref):
-  x, ref = np.asarray(x), np.asarray(ref)
-  return np.max(np.abs(x - ref)) / (np.max(np.abs(ref)) + 1e-30)
 
 
 def _x(seed=0, b=2, t=N, d=D):
@@ -120,9 +116,9 @@ def test_matches_reference_values_and_grads(sharing, t, masked):
   ((l_f, y), (gp_f, gx_f)), ((l_r, y_ref), (gp_r, gx_r)) = jax.jit(
       lambda p, x: (fast(p, x), ref(p, x)))(params, x)
   assert y.shape == (2, t, D)
-  assert _rel(y, y_ref) < 1e-5
+  assert rel_err(y, y_ref) < 1e-5
   assert abs(float(l_f - l_r)) <= 1e-5 * abs(float(l_r)) + 1e-5
-  assert _rel(gx_f, gx_r) < 1e-4
+  assert rel_err(gx_f, gx_r) < 1e-4
   flat_f = jax.tree_util.tree_leaves_with_path(nn.meta.unbox(gp_f))
   flat_r = dict(jax.tree_util.tree_leaves_with_path(nn.meta.unbox(gp_r)))
   # One scale for all parameters: the key bias's gradient is zero up to
@@ -133,7 +129,7 @@ def test_matches_reference_values_and_grads(sharing, t, masked):
     assert np.all(np.isfinite(g)), path
     assert np.max(np.abs(g - flat_r[path])) < 1e-4 * scale, path
     if path[0].key != "key":
-      assert _rel(g, flat_r[path]) < 1e-4, path
+      assert rel_err(g, flat_r[path]) < 1e-4, path
   if masked:  # the projections' columns past the real keys get no gradient
     gE = np.asarray(nn.meta.unbox(gp_f)["E"])
     assert np.all(gE[..., t:] == 0) and np.any(gE[..., :t] != 0)
@@ -166,7 +162,7 @@ def test_padding_invariance_and_leading_columns(sharing):
   y = _jit_apply(layer)(v, garbage, mask)
   for i, n in enumerate(lengths):
     y_short = _jit_apply(layer)(v, x[i:i + 1, :n])
-    assert _rel(y[i:i + 1, :n], y_short) < 1e-5
+    assert rel_err(y[i:i + 1, :n], y_short) < 1e-5
     assert np.all(np.asarray(y[i, n:]) == 0)
   # Short inputs use only the leading t columns of E and F.
   params = nn.meta.unbox(v["params"])
@@ -218,7 +214,7 @@ def test_layerwise_sharing_one_projection_for_all_layers():
 
   y, want, g = jax.jit(lambda p: (model.apply({"params": p}, x), reference(p),
                                   jax.grad(loss)(p)))(params)
-  assert _rel(y, want) < 1e-5
+  assert rel_err(y, want) < 1e-5
   assert np.any(np.asarray(g["linformer_shared"]["E"]) != 0)
 
 
@@ -238,7 +234,7 @@ def test_attention_dropout():
   y_det, y_plain, y1, y2, y3 = run(v, x)
   np.testing.assert_array_equal(y_det, y_plain)
   np.testing.assert_array_equal(y1, y2)
-  assert _rel(y1, y_det) > 1e-2 and _rel(y1, y3) > 1e-2
+  assert rel_err(y1, y_det) > 1e-2 and rel_err(y1, y3) > 1e-2
 
 
 def test_errors_name_values():
@@ -262,8 +258,7 @@ def test_bfloat16_follows_float32():
   v = _init(_layer(), x)
   y = _jit_apply(layer)(v, x)
   assert y.dtype == jnp.bfloat16 and y.shape == x.shape
-  y32 = np.asarray(_jit_apply(_layer())(v, x), np.float64)
-  err = np.linalg.norm(np.asarray(y, np.float64) - y32) / np.linalg.norm(y32)
+  err = rel_err_norm(y, _jit_apply(_layer())(v, x))
   assert err < 3e-2, err
 
 
@@ -285,4 +280,4 @@ def test_in_sequence_classifier_with_padding_and_layerwise_sharing():
   logits = jax.jit(model.apply)(v, tokens, mask)
   assert logits.shape == (2, 3) and np.all(np.isfinite(logits))
   short = jax.jit(model.apply)(v, tokens[1:, :15])
-  assert _rel(logits[1:], short) < 1e-5
+  assert rel_err(logits[1:], short) < 1e-5

@@ -13,13 +13,9 @@ from layers.lowrank import (TRANSFORMER_DENSE_PATHS, LowRankAttention,
                             svd_lowrank)
 from layers.registry import MIXERS
 from models.classifier import SequenceClassifier
+from numerics import rel_err
 
 D, H, T = 16, 2, 12
-
-
-def _rel(x, ref):
-  x, ref = np.asarray(x), np.asarray(ref)
-  return np.max(np.abs(x - ref)) / (np.max(np.abs(ref)) + 1e-30)
 
 
 def _x(seed=0, b=2, t=T, d=D):
@@ -181,14 +177,14 @@ def test_lowrank_mixer_equals_attention_with_the_product_kernels():
               g(full, to_dense(p), x))
 
     ((_, y), (gp, gx)), ((_, y_ref), (gp_ref, gx_ref)) = both(p_low, x)
-    assert _rel(y, y_ref) < 1e-5
+    assert rel_err(y, y_ref) < 1e-5
     assert np.all(np.asarray(y[1, 7:]) == 0)
-    assert _rel(gx, gx_ref) < 1e-4
+    assert rel_err(gx, gx_ref) < 1e-4
     # dL/dE = dL/dW D^T, dL/dD = E^T dL/dW.
     for name in p_low:
       gW = gp_ref[name]["kernel"]
-      assert _rel(gp[name]["E"], gW @ p_low[name]["D"].T) < 1e-4, name
-      assert _rel(gp[name]["D"], p_low[name]["E"].T @ gW) < 1e-4, name
+      assert rel_err(gp[name]["E"], gW @ p_low[name]["D"].T) < 1e-4, name
+      assert rel_err(gp[name]["D"], p_low[name]["E"].T @ gW) < 1e-4, name
       # (The key bias's gradient is zero up to rounding: compare on the
       # scale of the output bias's.)
       scale = np.max(np.abs(np.asarray(gp_ref["out"]["bias"])))
@@ -203,7 +199,7 @@ def test_lowrank_padding_invariance_in_classifier():
   apply = jax.jit(model.apply)
   logits = apply(v, tokens, mask)
   assert logits.shape == (3, 3) and np.all(np.isfinite(logits))
-  assert _rel(logits[2:], apply(v, tokens[2:, :5])) < 1e-5
+  assert rel_err(logits[2:], apply(v, tokens[2:, :5])) < 1e-5
 
 
 def test_paths_select_and_errors():

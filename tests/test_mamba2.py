@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 from layers import mamba2
+from kernels import ssd as ssd_ops
 from layers.mamba2 import Mamba2
 from layers.registry import get_mixer
+from numerics import assert_close, rel_err
 
 D_MODEL, HEAD_DIM, D_STATE, CHUNK, T = 16, 8, 8, 8, 20
 
@@ -23,11 +25,6 @@ CONFIGS = {
     "window_k_chunk_m": dict(window=CHUNK + 3, n_groups=2),
     "state_norm": dict(state_norm=0.05),
 }
-
-
-def _rel(x, ref):
-  x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
-  return np.max(np.abs(x - ref)) / (np.max(np.abs(ref)) + 1e-30)
 
 
 def _x(seed=0, b=2, t=T, d=D_MODEL):
@@ -202,9 +199,9 @@ def test_decode_equals_full_pass(name, impl):
   half = T // 2
   y_steps, cache = _decode_steps(layer, params, x, [1] * half + [half])
   assert int(cache["index"]) == T
-  assert _rel(y_steps, y) < 2e-5
+  assert rel_err(y_steps, y) < 2e-5
   y_pre, cache = _decode_steps(layer, params, x, [half] + [1] * half)
-  assert _rel(y_pre, y) < 2e-5
+  assert rel_err(y_pre, y) < 2e-5
   assert int(cache["index"]) == T
   if name == "plain":
     assert cache["conv_state"].shape == (2, 3, 2 * D_MODEL + 2 * D_STATE)
@@ -233,13 +230,13 @@ def test_chunked_layer_matches_reference_layer(name):
 
   (l_f, (gp_f, gx_f)), (l_r, (gp_r, gx_r)) = (loss(fast)(params, x),
                                               loss(ref)(params, x))
-  assert _rel(_apply(fast, {"params": params}, x),
+  assert rel_err(_apply(fast, {"params": params}, x),
               _apply(ref, {"params": params}, x)) < 1e-5
   assert abs(float(l_f - l_r)) <= 1e-5 * abs(float(l_r)) + 1e-5
-  assert _rel(gx_f, gx_r) < 1e-4
+  assert rel_err(gx_f, gx_r) < 1e-4
   for (path, g_f), g_r in zip(jax.tree_util.tree_leaves_with_path(gp_f),
                               jax.tree_util.tree_leaves(gp_r)):
-    assert _rel(g_f, g_r) < 1e-4, path
+    assert rel_err(g_f, g_r) < 1e-4, path
 
 
 def test_decay_scale_is_a_scaled_A():
@@ -253,8 +250,8 @@ def test_decay_scale_is_a_scaled_A():
       params["A_log"].value + np.log(lam))
   y_scaled = _apply(layer, {"params": scaled}, x)
   y = _apply(layer.clone(decay_scale=lam), {"params": params}, x)
-  assert _rel(y, y_scaled) < 1e-5
-  assert _rel(y, _apply(layer, {"params": params}, x)) > 1e-3
+  assert rel_err(y, y_scaled) < 1e-5
+  assert rel_err(y, _apply(layer, {"params": params}, x)) > 1e-3
 
 
 def _state_norms(layer, params, x, mask=None):
@@ -299,11 +296,11 @@ def test_state_norm_bounds_the_state():
   tau = 0.5 * float(plain.max())
   clipped = _state_norms(layer.clone(state_norm=tau), params, x)
   assert clipped.max() <= tau * (1 + 1e-5)
-  assert _rel(_apply(layer.clone(state_norm=tau), {"params": params}, x),
+  assert rel_err(_apply(layer.clone(state_norm=tau), {"params": params}, x),
               _apply(layer, {"params": params}, x)) > 1e-4
   # A threshold never reached changes nothing.
   huge = layer.clone(state_norm=1e6)
-  assert _rel(_apply(huge, {"params": params}, x),
+  assert rel_err(_apply(huge, {"params": params}, x),
               _apply(layer, {"params": params}, x)) < 1e-5
 
 
@@ -324,8 +321,8 @@ def test_window_limits_the_receptive_field():
   assert np.max(g[:, s + 1:]) == 0
   plain = _layer()
   y = _apply(plain, {"params": params}, x)
-  assert _rel(_apply(layer.clone(window=T), {"params": params}, x), y) < 1e-5
-  assert _rel(_apply(layer, {"params": params}, x), y) > 1e-3
+  assert rel_err(_apply(layer.clone(window=T), {"params": params}, x), y) < 1e-5
+  assert rel_err(_apply(layer, {"params": params}, x), y) > 1e-3
 
 
 @pytest.mark.parametrize("name", ["plain", "window3"])
@@ -339,14 +336,15 @@ def test_padding_mask_matches_unpadded(name):
   y = _apply(layer, {"params": params}, garbage, right)
   for i, n in enumerate(lengths):
     y_ref = _apply(layer, {"params": params}, x[i:i + 1, :n])
-    assert _rel(y[i:i + 1, :n], y_ref) < 1e-5
+    assert rel_err(y[i:i + 1, :n], y_ref) < 1e-5
     assert np.all(np.asarray(y[i, n:]) == 0)
   # Left padding: the real tokens at the end.
   n = 13
   left = jnp.arange(T)[None, :] >= T - n
   xl = jnp.where(left[..., None], jnp.roll(x[:1], T - n, axis=1), -50.0)
   y = _apply(layer, {"params": params}, xl, left)
-  assert _rel(y[:, T - n:], _apply(layer, {"params": params}, x[:1, :n])) < 1e-5
+  assert rel_err(y[:, T - n:],
+                 _apply(layer, {"params": params}, x[:1, :n])) < 1e-5
   assert np.all(np.asarray(y[:, :T - n]) == 0)
 
 
@@ -368,11 +366,11 @@ def test_padding_leaves_the_decode_state_unchanged():
   ref = run(x[:, :n], None)
   right = jnp.arange(T)[None, :] < n
   got = run(jnp.where(right[..., None], x, 7.0), right)
-  assert _rel(got["ssm_state"], ref["ssm_state"]) < 1e-5
+  assert rel_err(got["ssm_state"], ref["ssm_state"]) < 1e-5
   left = jnp.arange(T)[None, :] >= T - n
   got = run(jnp.where(left[..., None], jnp.roll(x, T - n, axis=1), 7.0), left)
   for k in ("ssm_state", "conv_state"):
-    assert _rel(got[k], ref[k]) < 1e-5, k
+    assert rel_err(got[k], ref[k]) < 1e-5, k
 
 
 @pytest.mark.parametrize("name", ["window3", "state_norm"])
@@ -389,6 +387,61 @@ def test_gradients_reach_all_params(name):
     assert np.max(np.abs(g)) > 0, path
 
 
+def test_state_norm_gradients_match_finite_differences(monkeypatch):
+  """The sequential scan with state_norm (what the layer runs), in float64:
+  the autodiff gradient of a random-cotangent loss of the outputs and the
+  final state w.r.t. x, dt, A, B, C and the initial state equals central
+  finite differences, element by element. The state is clipped on some steps
+  and not on others, so both branches of the clip are differentiated.
+  ``ssd_reference`` computes in float32; the test swaps that cast for one
+  that keeps the float64 inputs, so the differences resolve ~1e-9."""
+  keep_dtype = lambda *arrays: tuple(None if a is None else jnp.asarray(a)
+                                     for a in arrays)
+  monkeypatch.setattr(ssd_ops, "_f32", keep_dtype)
+  rng = np.random.default_rng(0)
+  b, t, h, p, g, n = 1, 6, 2, 2, 1, 3
+  names = ("x", "dt", "A", "B", "C", "initial_state")
+  shapes = ((b, t, h, p), (b, t, h), (h,), (b, t, g, n), (b, t, g, n),
+            (b, h, p, n))
+  with jax.enable_x64(True):
+    args = [rng.normal(size=(b, t, h, p)), rng.uniform(0.2, 0.8, (b, t, h)),
+            -rng.uniform(0.2, 1.0, h), rng.normal(size=(b, t, g, n)),
+            rng.normal(size=(b, t, g, n)), 0.5 * rng.normal(size=(b, h, p, n))]
+    args = [jnp.asarray(a, jnp.float64) for a in args]
+    ct_y, ct_s = rng.normal(size=(b, t, h, p)), rng.normal(size=(b, h, p, n))
+
+    def state_norms(state_norm):
+      """[t, b, h] norms of the state after each step: prefixes' finals."""
+      finals = [ssd_ops.ssd_reference(
+          *(a[:, :k] for a in args[:2]), args[2],
+          *(a[:, :k] for a in args[3:5]), initial_state=args[5],
+          state_norm=state_norm)[1] for k in range(1, t + 1)]
+      return np.sqrt(np.sum(np.asarray(finals) ** 2, axis=(-2, -1)))
+
+    tau = float(np.median(state_norms(None)))
+
+    def loss(*args):
+      y, final = ssd_ops.ssd_reference(*args[:5], initial_state=args[5],
+                                       state_norm=tau)
+      assert y.dtype == jnp.float64
+      return jnp.sum(y * ct_y) + jnp.sum(final * ct_s)
+
+    at_tau = np.isclose(state_norms(tau), tau, rtol=1e-12)
+    assert 0.2 < at_tau.mean() < 0.8, at_tau.mean()  # both branches taken
+    grads = jax.jit(jax.grad(loss, argnums=tuple(range(6))))(*args)
+
+    sizes = [int(np.prod(s)) for s in shapes]
+    theta = jnp.concatenate([a.ravel() for a in args])
+    unflat = lambda v: [c.reshape(s) for c, s in
+                        zip(jnp.split(v, np.cumsum(sizes)[:-1]), shapes)]
+    eps = 1e-6
+    steps = eps * jnp.eye(theta.size, dtype=jnp.float64)
+    f = jax.jit(jax.vmap(lambda v: loss(*unflat(v))))
+    numeric = (f(theta[None] + steps) - f(theta[None] - steps)) / (2 * eps)
+    for name, got, want in zip(names, grads, unflat(numeric)):
+      assert_close(got, want, rtol=1e-6, what=f"d loss / d {name}")
+
+
 def test_bfloat16_and_jit():
   layer = _layer(dtype=jnp.bfloat16)
   x = _x(14)
@@ -397,4 +450,4 @@ def test_bfloat16_and_jit():
   assert y.shape == x.shape and y.dtype == jnp.bfloat16
   assert np.all(np.isfinite(np.asarray(y, np.float32)))
   y32 = _apply(layer.clone(dtype=jnp.float32), {"params": params}, x)
-  assert _rel(y, y32) < 5e-2
+  assert rel_err(y, y32) < 5e-2

@@ -2,7 +2,6 @@
 model's dtype reaching the mixer."""
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 import layers
@@ -10,6 +9,7 @@ import models
 from configs import default
 from data.tasks import TaskInfo
 from layers import registry
+from numerics import rel_err_norm
 
 B, T, D = 2, 64, 32
 
@@ -50,12 +50,6 @@ def _mixer(case: str, dtype):
                      param_dtype=jnp.float32)
 
 
-def _rel(a, b) -> float:
-  a = np.asarray(a, np.float64)
-  b = np.asarray(b, np.float64)
-  return float(np.linalg.norm(a - b) / np.linalg.norm(b))
-
-
 @pytest.mark.parametrize("case", CASES)
 def test_mixer_in_bfloat16_matches_float32(case):
   x = jax.random.normal(jax.random.key(1), (B, T, D), jnp.float32)
@@ -69,7 +63,7 @@ def test_mixer_in_bfloat16_matches_float32(case):
                    rngs={"sample": jax.random.key(3)})
   assert y16.dtype == jnp.bfloat16, y16.dtype
   assert y32.dtype == jnp.float32, y32.dtype
-  err = _rel(y16.astype(jnp.float32), y32)
+  err = rel_err_norm(y16.astype(jnp.float32), y32)
   assert err <= BF16_RTOL, f"{case}: bf16 vs f32 relative error {err:.3g}"
 
 
@@ -120,7 +114,7 @@ def test_model_dtype_reaches_the_mixer(mixer):
         "__call__"][0]
     assert mixer_out.dtype == jnp.dtype(dtype), (dtype, mixer_out.dtype)
     outs[dtype] = logits
-  err = _rel(outs["bfloat16"], outs["float32"])
+  err = rel_err_norm(outs["bfloat16"], outs["float32"])
   assert err <= 2 * BF16_RTOL, f"{mixer}: logits bf16 vs f32 {err:.3g}"
 
 

@@ -8,11 +8,7 @@ import numpy as np
 import pytest
 
 from kernels import probsparse as ps
-
-
-def _rel(x, ref):
-  x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
-  return np.max(np.abs(x - ref)) / (np.max(np.abs(ref)) + 1e-30)
+from numerics import rel_err
 
 
 def _qkv(seed=0, b=2, t=24, s=None, h=2, p=8):
@@ -72,7 +68,7 @@ def test_all_queries_active_equals_full_attention(fn, causal):
   assert ps.probsparse_sizes(12, 12, 10)[0] == 12
   out, state = fn(q, k, v, index_sample=idx, factor=10, causal=causal)
   assert state is None
-  assert _rel(out, _full(q, k, v, causal)) < 1e-6
+  assert rel_err(out, _full(q, k, v, causal)) < 1e-6
 
 
 def _np_official(q, k, v, idx, factor, causal):
@@ -103,7 +99,7 @@ def test_reference_matches_numpy_official(causal):
   idx = ps.probsparse_sample(jax.random.key(2), 40, 40, 2)
   out, _ = ps.probsparse_reference(q, k, v, index_sample=idx, factor=2,
                                    causal=causal)
-  assert _rel(out, _np_official(q, k, v, np.asarray(idx), 2, causal)) < 1e-5
+  assert rel_err(out, _np_official(q, k, v, np.asarray(idx), 2, causal)) < 1e-5
 
 
 @pytest.mark.parametrize("causal,one_hot,dense", [
@@ -122,10 +118,10 @@ def test_fast_matches_reference_values_and_grads(causal, one_hot, dense,
                            causal=causal, one_hot=one_hot)
   y_ref, vjp_ref = jax.vjp(lambda *a: ref(*a)[0], q, k, v)
   y, vjp = jax.vjp(lambda *a: fast(*a)[0], q, k, v)
-  assert _rel(y, y_ref) < 1e-6
+  assert rel_err(y, y_ref) < 1e-6
   ct = jax.random.normal(jax.random.key(6), y.shape)
   for g, g_ref in zip(vjp(ct), vjp_ref(ct)):
-    assert _rel(g, g_ref) < 1e-5
+    assert rel_err(g, g_ref) < 1e-5
 
 
 def test_cross_attention_lengths_and_batched_index():
@@ -135,7 +131,7 @@ def test_cross_attention_lengths_and_batched_index():
   y_ref, _ = ps.probsparse_reference(q, k, v, index_sample=idx, factor=3)
   y, _ = ps.probsparse_xla(q, k, v, index_sample=idx_b, factor=3)
   assert y.shape == (2, 20, 2, 8)
-  assert _rel(y, y_ref) < 1e-6
+  assert rel_err(y, y_ref) < 1e-6
   with pytest.raises(ValueError, match="t == s"):
     ps.probsparse_xla(q, k, v, index_sample=idx, causal=True)
 
@@ -154,7 +150,7 @@ def test_padding_masks(causal):
     idx_n = ps.probsparse_sample(key, n, n, 2)
     y_n, _ = fn(q[1:, :n], k[1:, :n], v[1:, :n], index_sample=idx_n, factor=2,
                 causal=causal)
-    assert _rel(y[1, :n], y_n[0]) < 1e-6
+    assert rel_err(y[1, :n], y_n[0]) < 1e-6
     assert np.all(np.isfinite(np.asarray(y)))
 
 
@@ -164,7 +160,7 @@ def test_dispatcher_and_errors():
                                       key=jax.random.key(0))
   y_ref, _ = ps.probsparse_attention(q, k, v, factor=2, key=jax.random.key(0),
                                      impl="reference")
-  assert _rel(y_auto, y_ref) < 1e-6
+  assert rel_err(y_auto, y_ref) < 1e-6
   with pytest.raises(ValueError, match="PRNG"):
     ps.probsparse_attention(q, k, v)
   with pytest.raises(ValueError, match="index_sample"):

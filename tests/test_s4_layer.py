@@ -10,6 +10,7 @@ import pytest
 
 from layers import get_mixer
 from layers.s4 import S4
+from numerics import rel_err, rel_err_norm
 
 D_MODEL, D_STATE, T = 4, 8, 24
 
@@ -19,11 +20,6 @@ CONFIGS = {
     "diag_bilinear": dict(mode="diag", ssm_init="legs", discretization="bilinear"),
     "diag_inv": dict(mode="diag", ssm_init="inv", discretization="zoh"),
 }
-
-
-def _rel(x, ref):
-  x, ref = np.asarray(x), np.asarray(ref)
-  return np.max(np.abs(x - ref)) / (np.max(np.abs(ref)) + 1e-30)
 
 
 def _x(seed=0, b=2, t=T, d=D_MODEL):
@@ -75,8 +71,7 @@ def test_output_shape_and_dtype(name, bidirectional):
     # kernel runs in float32; 8-bit mantissas in and out: ~3e-3 measured).
     y16 = _apply(layer.clone(dtype=jnp.bfloat16), v, x.astype(jnp.bfloat16))
     assert y16.dtype == jnp.bfloat16
-    y32 = np.asarray(y, np.float64)
-    err = np.linalg.norm(np.asarray(y16, np.float64) - y32) / np.linalg.norm(y32)
+    err = rel_err_norm(y16, y)
     assert err < 3e-2, err
 
 
@@ -99,12 +94,12 @@ def test_convolution_equals_decode(name):
     cache = mut["cache"]
     ys.append(y_i)
   assert int(cache["index"]) == T
-  assert _rel(jnp.concatenate(ys, 1), y_conv) < 1e-4
+  assert rel_err(jnp.concatenate(ys, 1), y_conv) < 1e-4
   # Prefill 10 steps at once, then continue: same as one full run.
   cache = _init(dec, x[:, :1])["cache"]
   y_a, mut = step(cache, x[:, :10])
   y_b, _ = step(mut["cache"], x[:, 10:])
-  assert _rel(jnp.concatenate([y_a, y_b], 1), y_conv) < 1e-4
+  assert rel_err(jnp.concatenate([y_a, y_b], 1), y_conv) < 1e-4
 
 
 @pytest.mark.parametrize("L", [5, 16, 40])
@@ -119,7 +114,7 @@ def test_dplr_kernel_vs_reference(L):
   C_true = dplr.c_from_c_tilde(C, Abar, 16)
   K_ref = dplr.dplr_kernel_reference(Lambda, P, B, C_true, log_dt, L)
   assert K.shape == (1, D_MODEL, L)
-  assert _rel(K, K_ref) < 1e-4
+  assert rel_err(K, K_ref) < 1e-4
 
 
 def test_dplr_without_l_max_is_the_same_system():
@@ -135,7 +130,7 @@ def test_dplr_without_l_max_is_the_same_system():
   K = _apply(layer.clone(l_max=None), {"params": params}, method=S4.kernel,
              L=24)
   K_ref = _apply(layer, v, method=S4.kernel, L=24)
-  assert _rel(K, K_ref) < 1e-4
+  assert rel_err(K, K_ref) < 1e-4
 
 
 @pytest.mark.parametrize("name", ["dplr", "diag_zoh"])
@@ -165,9 +160,9 @@ def test_causality_and_bidirectional(name):
       params[k] = v_c["params"][k].value
   y_b = _apply(bidir, {"params": params}, x)
   y_c = _apply(causal, v_c, x)
-  assert _rel(y_b, y_c) > 1e-2
+  assert rel_err(y_b, y_c) > 1e-2
   params["C"] = params["C"].at[1].set(0.0)
-  assert _rel(_apply(bidir, {"params": params}, x), y_c) < 1e-5
+  assert rel_err(_apply(bidir, {"params": params}, x), y_c) < 1e-5
 
 
 @pytest.mark.parametrize("name", ["dplr", "diag_bilinear"])
@@ -182,7 +177,7 @@ def test_padding_mask_matches_unpadded(name, bidirectional):
   y = _apply(layer, v, garbage, mask)
   for i, n in enumerate(lengths):
     y_ref = _apply(layer, v, x[i:i + 1, :n])
-    assert _rel(y[i:i + 1, :n], y_ref) < 1e-5
+    assert rel_err(y[i:i + 1, :n], y_ref) < 1e-5
     assert np.all(np.asarray(y[i, n:]) == 0)
 
 
@@ -274,8 +269,8 @@ def test_fast_layer_matches_reference_layer(name, bidirectional):
 
   (y_f, (gp_f, gx_f)), (y_r, (gp_r, gx_r)) = (
       loss(fast)(v["params"], x), loss(ref)(v["params"], x))
-  assert _rel(_apply(fast, v, x), _apply(ref, v, x)) < 1e-5
+  assert rel_err(_apply(fast, v, x), _apply(ref, v, x)) < 1e-5
   assert abs(float(y_f - y_r)) <= 1e-5 * abs(float(y_r)) + 1e-5
-  assert _rel(gx_f, gx_r) < 1e-4
+  assert rel_err(gx_f, gx_r) < 1e-4
   for k in gp_r:
-    assert _rel(gp_f[k].value, gp_r[k].value) < 1e-4, k
+    assert rel_err(gp_f[k].value, gp_r[k].value) < 1e-4, k

@@ -11,13 +11,9 @@ import scipy.special
 from layers.registry import MIXERS
 from layers.sgconv import (NORM_COLLECTION, SGConv, num_scales, scale_lengths,
                            sgconv_kernel, upsample_linear)
+from numerics import rel_err
 
 D_MODEL, KD, L_MAX = 3, 4, 40  # S = 1 + ceil(log2(40 / 4)) = 5, length 64
-
-
-def _rel(x, ref):
-  x, ref = np.asarray(x), np.asarray(ref)
-  return np.max(np.abs(x - ref)) / (np.max(np.abs(ref)) + 1e-30)
 
 
 def _x(seed=0, b=2, t=L_MAX, d=D_MODEL):
@@ -232,7 +228,7 @@ def test_layer_matches_numpy_official(channels, bidirectional, t, n_scales):
   assert y.shape == (2, t, channels * D_MODEL)
   ref = _np_official(x, kern, D, kern, multiplier=2.0,
                      bidirectional=bidirectional, activation="gelu")
-  assert _rel(y, ref) < 1e-5
+  assert rel_err(y, ref) < 1e-5
   kern2 = kern * 0.7 - 0.2
   params = dict(v["params"])
   params["kernel"] = jnp.asarray(kern2)
@@ -240,7 +236,7 @@ def test_layer_matches_numpy_official(channels, bidirectional, t, n_scales):
               x)
   ref2 = _np_official(x, kern2, D, kern, multiplier=2.0,
                       bidirectional=bidirectional, activation="gelu")
-  assert _rel(y2, ref2) < 1e-5
+  assert rel_err(y2, ref2) < 1e-5
 
 
 @pytest.mark.parametrize("channels,bidirectional", [(1, False), (2, True)])
@@ -259,14 +255,14 @@ def test_fft_matches_direct_conv_values_and_grads(channels, bidirectional):
 
   (l_f, (gp_f, gx_f)), (l_r, (gp_r, gx_r)) = (
       loss(fast)(v["params"], x), loss(ref)(v["params"], x))
-  assert _rel(_apply(fast, v, x), _apply(ref, v, x)) < 1e-5
+  assert rel_err(_apply(fast, v, x), _apply(ref, v, x)) < 1e-5
   assert abs(float(l_f - l_r)) <= 1e-5 * abs(float(l_r)) + 1e-5
-  assert _rel(gx_f, gx_r) < 1e-4
+  assert rel_err(gx_f, gx_r) < 1e-4
   assert set(gp_f) == {"kernel", "D"}
   for k in gp_r:
     g = np.asarray(gp_f[k].value)
     assert np.all(np.isfinite(g)) and np.max(np.abs(g)) > 0, k
-    assert _rel(g, gp_r[k].value) < 1e-4, k
+    assert rel_err(g, gp_r[k].value) < 1e-4, k
 
 
 def test_causality_and_bidirectional():
@@ -284,7 +280,7 @@ def test_causality_and_bidirectional():
       jax.jit(jax.grad(lambda x: bidir.apply(v_b, x)[:, t0].sum()))(x)))
   assert np.all(g[:, t0 + 1:].sum(-1) > 1e-4 * np.max(g))
   # Causal prefix: a shorter input gives the first outputs of a longer one.
-  assert _rel(_apply(causal, v_c, x[:, :t0]),
+  assert rel_err(_apply(causal, v_c, x[:, :t0]),
               _apply(causal, v_c, x)[:, :t0]) < 1e-5
   # The bidirectional layer's first half is the causal kernel: with the
   # causal layer's kernel and norm in it, zeroing the backward half gives
@@ -296,9 +292,9 @@ def test_causality_and_bidirectional():
                           v_b[NORM_COLLECTION]["kernel_norm"].value[1:]], 0)
   vb = {"params": params, NORM_COLLECTION: {"kernel_norm": norm}}
   y_c = _apply(causal, v_c, x)
-  assert _rel(_apply(bidir, vb, x), y_c) > 1e-2
+  assert rel_err(_apply(bidir, vb, x), y_c) > 1e-2
   params["kernel"] = params["kernel"].at[:, 1].set(0.0)
-  assert _rel(_apply(bidir, vb, x), y_c) < 1e-5
+  assert rel_err(_apply(bidir, vb, x), y_c) < 1e-5
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
@@ -312,7 +308,7 @@ def test_padding_mask_matches_unpadded(bidirectional):
   y = _apply(layer, v, garbage, mask)
   for i, n in enumerate(lengths):
     y_ref = _apply(layer, v, x[i:i + 1, :n])
-    assert _rel(y[i:i + 1, :n], y_ref) < 1e-5
+    assert rel_err(y[i:i + 1, :n], y_ref) < 1e-5
     assert np.all(np.asarray(y[i, n:]) == 0)
 
 

@@ -13,13 +13,9 @@ import pytest
 from kernels import Impl
 from kernels.ssd import ssd, ssd_quadratic, ssd_reference
 from kernels.ssd_chunked import ssd_chunked
+from numerics import rel_err
 
 FORMS = {"chunked": ssd_chunked, "quadratic": ssd_quadratic}
-
-
-def _rel(x, ref):
-  x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
-  return np.max(np.abs(x - ref)) / (np.max(np.abs(ref)) + 1e-30)
 
 
 def _inputs(seed, b=2, t=24, h=4, p=3, g=1, n=5, init=False):
@@ -78,9 +74,9 @@ def test_reference_is_the_recurrence():
                                chunk_size=5, return_chunk_states=True)
   assert y.shape == x.shape and final.shape == h0.shape
   assert cs.shape == (2, 3, 4, 3, 5)
-  assert _rel(y, y_np) < 1e-5
-  assert _rel(final, states[-1]) < 1e-5
-  assert _rel(cs, np.moveaxis(states[_chunk_ends(13, 5)], 0, 1)) < 1e-5
+  assert rel_err(y, y_np) < 1e-5
+  assert rel_err(final, states[-1]) < 1e-5
+  assert rel_err(cs, np.moveaxis(states[_chunk_ends(13, 5)], 0, 1)) < 1e-5
 
 
 def _compare(form, args, kw, tol_y=1e-5, tol_g=2e-5):
@@ -99,13 +95,13 @@ def _compare(form, args, kw, tol_y=1e-5, tol_g=2e-5):
   assert len(out) == len(out_ref)
   for o, r in zip(out, out_ref):
     assert o.shape == r.shape and o.dtype == r.dtype
-    assert _rel(o, r) < tol_y, (_rel(o, r), o.shape)
+    assert rel_err(o, r) < tol_y, (rel_err(o, r), o.shape)
   rng = np.random.default_rng(1)
   cts = tuple(jnp.asarray(rng.normal(size=o.shape), jnp.float32) for o in out)
   names = ["x", "dt", "A", "B", "C", "initial_state"]
   for name, gf, gr in zip(names, vjp(cts), vjp_ref(cts)):
     assert gf.shape == gr.shape
-    assert _rel(gf, gr) < tol_g, (name, _rel(gf, gr))
+    assert rel_err(gf, gr) < tol_g, (name, rel_err(gf, gr))
 
 
 @pytest.mark.parametrize("form", sorted(FORMS))
@@ -146,9 +142,9 @@ def test_window_is_a_restart_r_tokens_back(r):
     y, final, cs = jax.jit(lambda *a: f(*a, chunk_size=Q, window=r,
                                         return_chunk_states=True))(
                                             x, dt, A, B, C)
-    assert _rel(y, y_np) < 1e-5, f.__name__
-    assert _rel(final, states[-1]) < 1e-5, f.__name__
-    assert _rel(cs, cs_np) < 1e-5, f.__name__
+    assert rel_err(y, y_np) < 1e-5, f.__name__
+    assert rel_err(final, states[-1]) < 1e-5, f.__name__
+    assert rel_err(cs, cs_np) < 1e-5, f.__name__
 
 
 @pytest.mark.parametrize("r", [2, 11])
@@ -170,8 +166,8 @@ def test_window_long_decay_is_accurate():
   y, final = jax.jit(lambda *a: ssd_chunked(*a, chunk_size=16, window=r))(
       x, dt, A, B, C)
   # Tokens >= r from the start of the slice see only tokens inside it.
-  assert _rel(y[:, -80 + r:], y_np[:, r:]) < 1e-5
-  assert _rel(final, states[-1]) < 1e-5
+  assert rel_err(y[:, -80 + r:], y_np[:, r:]) < 1e-5
+  assert rel_err(final, states[-1]) < 1e-5
 
 
 def test_state_norm_clips_and_matches_numpy():
@@ -181,8 +177,8 @@ def test_state_norm_clips_and_matches_numpy():
   y, final, cs = ssd_reference(x, dt, A, B, C, initial_state=h0,
                                state_norm=tau, chunk_size=8,
                                return_chunk_states=True)
-  assert _rel(y, y_np) < 1e-5
-  assert _rel(final, states[-1]) < 1e-5
+  assert rel_err(y, y_np) < 1e-5
+  assert rel_err(final, states[-1]) < 1e-5
   norms = np.sqrt(np.sum(np.asarray(cs) ** 2, axis=(-2, -1)))
   assert norms.max() <= tau * (1 + 1e-5)
   assert np.sqrt(np.sum(np.asarray(final) ** 2, axis=(-2, -1))).max() <= (
@@ -215,7 +211,7 @@ def test_dispatcher_and_dtypes():
   for impl in (Impl.AUTO, Impl.XLA, "xla"):
     y, s = jax.jit(lambda *a: ssd(*a, initial_state=h0, chunk_size=8,
                                   impl=impl))(x, dt, A, B, C)
-    assert _rel(y, y_ref) < 1e-5 and _rel(s, s_ref) < 1e-5
+    assert rel_err(y, y_ref) < 1e-5 and rel_err(s, s_ref) < 1e-5
   with pytest.raises(ValueError, match="Pallas"):
     ssd(x, dt, A, B, C, impl="pallas")
   with pytest.raises(ValueError, match="impl"):
@@ -227,7 +223,7 @@ def test_dispatcher_and_dtypes():
   y32, _ = ssd(x.astype(jnp.bfloat16).astype(jnp.float32), dt, A,
                B.astype(jnp.bfloat16).astype(jnp.float32),
                C.astype(jnp.bfloat16).astype(jnp.float32), chunk_size=8)
-  assert _rel(y16.astype(jnp.float32), y32) < 1e-2
+  assert rel_err(y16.astype(jnp.float32), y32) < 1e-2
 
 
 def test_errors_name_the_values():

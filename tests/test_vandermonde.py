@@ -7,6 +7,7 @@ import pytest
 from kernels import Impl
 from kernels.vandermonde import (discretize_diag, s4d_kernel,
                                  s4d_kernel_reference, s4d_kernel_xla)
+from numerics import rel_err
 
 
 def _params(seed, d=4, n2=8):
@@ -23,11 +24,6 @@ def _params(seed, d=4, n2=8):
   return A, B, C, log_dt
 
 
-def _rel(x, ref):
-  x, ref = np.asarray(x), np.asarray(ref)
-  return np.max(np.abs(x - ref)) / (np.max(np.abs(ref)) + 1e-30)
-
-
 @pytest.mark.parametrize("discretization", ["zoh", "bilinear"])
 @pytest.mark.parametrize("L", [1, 2, 7, 64, 100, 257])
 def test_values_and_grads_vs_reference(discretization, L):
@@ -37,13 +33,13 @@ def test_values_and_grads_vs_reference(discretization, L):
   k_fast, vjp_fast = jax.vjp(f_fast, *args)
   k_ref, vjp_ref = jax.vjp(f_ref, *args)
   assert k_fast.shape == (4, L) and k_fast.dtype == jnp.float32
-  assert _rel(k_fast, k_ref) < 2e-5
+  assert rel_err(k_fast, k_ref) < 2e-5
   ct = jnp.asarray(np.random.default_rng(1).normal(size=k_ref.shape),
                    jnp.float32)
   for name, g_fast, g_ref in zip("A B C log_dt".split(), vjp_fast(ct),
                                  vjp_ref(ct)):
     assert g_fast.dtype == g_ref.dtype, name
-    assert _rel(g_fast, g_ref) < 1e-4, (name, _rel(g_fast, g_ref))
+    assert rel_err(g_fast, g_ref) < 1e-4, (name, rel_err(g_fast, g_ref))
 
 
 def test_reference_is_the_equation():
@@ -62,7 +58,7 @@ def test_reference_is_the_equation():
         [2 * np.sum(C64 * Bb * Ab**l, -1).real for l in range(L)], -1)
     got = s4d_kernel(A, B, C, log_dt, L, discretization=disc,
                      impl=Impl.REFERENCE)
-    assert _rel(got, want) < 1e-5
+    assert rel_err(got, want) < 1e-5
 
 
 def test_long_kernel_matches_float64_and_is_jittable():
@@ -75,7 +71,7 @@ def test_long_kernel_matches_float64_and_is_jittable():
   logA = np.log(np.asarray(Ab, np.complex128))
   want = 2 * np.einsum("dn,dnl->dl", np.asarray(C * Bb, np.complex128),
                        np.exp(logA[..., None] * l)).real
-  assert _rel(k, want) < 1e-4
+  assert rel_err(k, want) < 1e-4
 
 
 def test_rejects_bad_shapes():

@@ -1,0 +1,68 @@
+"""The jaxtyping annotations can be checked at run time (conftest.py's import
+hook, ``LONGSEQ_TYPECHECK=1``): a wrongly shaped array raises before the body
+runs, also under jit, where the check runs at trace time. Checked here in a
+fresh interpreter with the hook installed, whatever this run's setting."""
+import importlib.util
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+TESTS = pathlib.Path(__file__).resolve().parent
+
+_SCRIPT = textwrap.dedent("""
+    import jaxtyping
+    jaxtyping.install_import_hook(["kernels", "layers", "models"],
+                                  "typechecking.beartype_checker")
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from kernels import ssd
+    from layers.mamba2 import Mamba2
+
+    rng = np.random.default_rng(0)
+    f32 = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.float32)
+    b, t, h, p, g, n = 2, 5, 2, 3, 1, 4
+    x, dt, A = f32(b, t, h, p), jnp.abs(f32(b, t, h)), -jnp.abs(f32(h))
+    B, C = f32(b, t, g, n), f32(b, t, g, n)
+    y, _ = ssd.ssd_reference(x, dt, A, B, C)  # consistent shapes pass
+    assert y.shape == x.shape
+
+    def raises(f, *args):
+      try:
+        f(*args)
+      except jaxtyping.TypeCheckError:
+        return True
+      return False
+
+    # dt [b, t, h + 1] contradicts "b t h" with h bound by x (the kernel's own
+    # check would raise a ValueError; the annotation check comes first).
+    bad_dt = jnp.concatenate([dt, dt[..., :1]], axis=-1)
+    print("eager", raises(ssd.ssd_reference, x, bad_dt, A, B, C))
+    print("jit", raises(jax.jit(ssd.ssd_reference), x, bad_dt, A, B, C))
+    print("dtype", raises(ssd.ssd_reference, x, dt, A, B.astype(jnp.int32), C))
+    layer = Mamba2(d_model=8, head_dim=4, d_state=4, chunk_size=4)
+    xl = jnp.ones((2, 6, 8), jnp.float32)
+    v = jax.jit(layer.init)(jax.random.key(0), xl)
+    print("layer", raises(layer.apply, v, xl, jnp.ones((2, 5), bool)))
+    print("layer_ok", layer.apply(v, xl, jnp.ones((2, 6), bool)).shape)
+""")
+
+
+def test_typechecker_installed():
+  assert importlib.util.find_spec("beartype") is not None, (
+      "beartype is missing, so the annotations cannot be checked: "
+      "pip install -e '.[dev]'")
+
+
+def test_wrong_shapes_raise_a_typecheck_error_with_the_hook():
+  root = TESTS.parent
+  env = {**os.environ, "JAX_PLATFORMS": "cpu",
+         "PYTHONPATH": os.pathsep.join([str(root), str(TESTS)])}
+  r = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, cwd=root,
+                     capture_output=True, text=True, timeout=600, check=False)
+  assert r.returncode == 0, r.stderr[-3000:]
+  got = dict(line.split(" ", 1) for line in r.stdout.strip().splitlines())
+  assert got == {"eager": "True", "jit": "True", "dtype": "True",
+                 "layer": "True", "layer_ok": "(2, 6, 8)"}, r.stdout
