@@ -125,18 +125,26 @@ def test_encoder_mixer_values():
   y_full, _ = run(full, v)
   mixed = _model(attn="full", encoder_mixer="attention",
                  encoder_mixer_kwargs=dict(n_heads=2))
+  # A registered mixer is the encoder layer's "mixer" submodule (where the
+  # mixer's optimizer groups find it); the built-in attention is "attention".
+  def as_mixer(tree):
+    return {name: ({"mixer" if k == "attention" else k: sub
+                    for k, sub in layer.items()}
+                   if name.startswith("encoder_") else layer)
+            for name, layer in tree.items()}
+  v_mixed = {col: as_mixer(tree) for col, tree in v.items()}
   shapes = lambda tree: jax.tree.map(lambda a: a.shape, nn.unbox(tree))
   assert shapes(jax.eval_shape(lambda k: mixed.init(k, **batch),
-                               jax.random.key(0))) == shapes(v)
-  assert_close(run(mixed, v)[0], y_full, rtol=1e-5,
+                               jax.random.key(0))) == shapes(v_mixed)
+  assert_close(run(mixed, v_mixed)[0], y_full, rtol=1e-5,
                what='encoder_mixer="attention" vs attn="full"')
 
   mixer_kwargs = dict(n_heads=2)
   linear = _model(attn="full", encoder_mixer="linear_attention",
                   encoder_mixer_kwargs=mixer_kwargs)
-  y, state = run(linear, v)  # the same parameters: the mixer matters
+  y, state = run(linear, v_mixed)  # the same parameters: the mixer matters
   assert rel_err(y, y_full) > 1e-2
-  p = jax.tree.map(np.asarray, nn.unbox(v["params"]))
+  p = jax.tree.map(np.asarray, nn.unbox(v_mixed["params"]))
   acts = state["intermediates"]
   mixer = MIXERS["linear_attention"](d_model=16, **mixer_kwargs)
   layer_inputs = [acts["enc_embedding"]["__call__"][0],
@@ -144,7 +152,7 @@ def test_encoder_mixer_values():
   masks = [mask, inf.pool_mask(mask)]
   for i, (x, m) in enumerate(zip(layer_inputs, masks)):
     pe = p[f"encoder_{i}"]
-    a = mixer.apply({"params": pe["attention"]}, x, m)
+    a = mixer.apply({"params": pe["mixer"]}, x, m)
     x, a = np.asarray(x, np.float64), np.asarray(a, np.float64)
     x1 = _np_layer_norm(x + a, pe["norm1"])
     ffn = _np_dense(_np_gelu(_np_dense(x1, pe["ffn"]["conv1"])),

@@ -10,6 +10,7 @@ import pytest
 
 from layers import mamba2
 from kernels import ssd as ssd_ops
+from kernels import ssd_common
 from layers.mamba2 import Mamba2
 from layers.registry import get_mixer
 from numerics import assert_close, rel_err
@@ -397,7 +398,7 @@ def test_state_norm_gradients_match_finite_differences(monkeypatch):
   that keeps the float64 inputs, so the differences resolve ~1e-9."""
   keep_dtype = lambda *arrays: tuple(None if a is None else jnp.asarray(a)
                                      for a in arrays)
-  monkeypatch.setattr(ssd_ops, "_f32", keep_dtype)
+  monkeypatch.setattr(ssd_common, "as_float32", keep_dtype)
   rng = np.random.default_rng(0)
   b, t, h, p, g, n = 1, 6, 2, 2, 1, 3
   names = ("x", "dt", "A", "B", "C", "initial_state")
