@@ -82,3 +82,34 @@ def assert_unbiased(draws, expected, *, z: float = 6.0, floor: float = 1e-5,
     raise AssertionError(
         f"{prefix}the mean of {n} draws is {worst:.2f} standard errors from "
         f"the expected value (at most {z:g} allowed)")
+
+
+def assert_dropout_unbiased(layer, params, x, mask, cotangent, *,
+                            draws: int = 1024) -> None:
+  """Inverted dropout keeps every expectation: the mean over ``draws``
+  dropout draws of ``layer``'s output and of the gradients (params and input)
+  of ``sum(output * cotangent)`` equals the dropout-free value within
+  :func:`assert_unbiased`'s bound, per element; one draw alone is far from
+  it (the dropout is on)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  def out_and_grads(rng):
+    def f(params, x):
+      kw = (dict(deterministic=True) if rng is None else
+            dict(deterministic=False, rngs={"dropout": rng}))
+      return layer.apply({"params": params}, x, mask, **kw)
+    y, vjp = jax.vjp(f, params, x)
+    return y, vjp(cotangent)
+
+  y0, g0 = jax.jit(lambda: out_and_grads(None))()
+  ys, gs = jax.jit(jax.vmap(out_and_grads))(
+      jax.random.split(jax.random.key(0), draws))
+  assert rel_err(ys[0], y0) > 0.1  # one draw: far from the mean
+  assert_unbiased(ys, y0, what="output")
+  # All gradients on one scale: the key bias's is zero up to rounding
+  # (softmax is invariant to a shift of all keys), with or without dropout.
+  flat = lambda tree, lead: jnp.concatenate(
+      [jnp.reshape(a, lead + (-1,)) for a in jax.tree.leaves(tree)], -1)
+  assert_unbiased(flat(gs, (draws,)), flat(g0, ()),
+                  what="gradients (params and input)")
