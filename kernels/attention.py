@@ -46,7 +46,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from kernels import Impl, register_op, resolve_impl
 from kernels import attention_common as common
@@ -91,9 +91,9 @@ def attention_reference(
     v: Float[Array, "b s h pv"],
     *,
     causal: bool = False,
-    kv_mask: Bool[Array, "b s"] | None = None,
-    q_segment_ids: Int[Array, "b t"] | None = None,
-    kv_segment_ids: Int[Array, "b s"] | None = None,
+    kv_mask: Bool[ArrayLike, "b s"] | None = None,
+    q_segment_ids: Int[ArrayLike, "b t"] | None = None,
+    kv_segment_ids: Int[ArrayLike, "b s"] | None = None,
     scale: float | None = None,
     block_q: int | None = None,
     block_k: int | None = None,
@@ -398,9 +398,9 @@ def attention_dense(
     v: Float[Array, "b s h pv"],
     *,
     causal: bool = False,
-    kv_mask: Bool[Array, "b s"] | None = None,
-    q_segment_ids: Int[Array, "b t"] | None = None,
-    kv_segment_ids: Int[Array, "b s"] | None = None,
+    kv_mask: Bool[ArrayLike, "b s"] | None = None,
+    q_segment_ids: Int[ArrayLike, "b t"] | None = None,
+    kv_segment_ids: Int[ArrayLike, "b s"] | None = None,
     scale: float | None = None,
     block_q: int | None = None,
     block_k: int | None = None,
@@ -426,9 +426,9 @@ def attention_blocked(
     v: Float[Array, "b s h pv"],
     *,
     causal: bool = False,
-    kv_mask: Bool[Array, "b s"] | None = None,
-    q_segment_ids: Int[Array, "b t"] | None = None,
-    kv_segment_ids: Int[Array, "b s"] | None = None,
+    kv_mask: Bool[ArrayLike, "b s"] | None = None,
+    q_segment_ids: Int[ArrayLike, "b t"] | None = None,
+    kv_segment_ids: Int[ArrayLike, "b s"] | None = None,
     scale: float | None = None,
     block_q: int = DEFAULT_BLOCK_Q,
     block_k: int = DEFAULT_BLOCK_K,
@@ -465,9 +465,9 @@ def attention(
     v: Float[Array, "b s h pv"],
     *,
     causal: bool = False,
-    kv_mask: Bool[Array, "b s"] | None = None,
-    q_segment_ids: Int[Array, "b t"] | None = None,
-    kv_segment_ids: Int[Array, "b s"] | None = None,
+    kv_mask: Bool[ArrayLike, "b s"] | None = None,
+    q_segment_ids: Int[ArrayLike, "b t"] | None = None,
+    kv_segment_ids: Int[ArrayLike, "b s"] | None = None,
     scale: float | None = None,
     block_q: int | None = None,
     block_k: int | None = None,

@@ -24,7 +24,7 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from kernels import attention_common as common
 
@@ -309,9 +309,9 @@ def attention_pallas(
     v: Float[Array, "b s h pv"],
     *,
     causal: bool = False,
-    kv_mask: Bool[Array, "b s"] | None = None,
-    q_segment_ids: Int[Array, "b t"] | None = None,
-    kv_segment_ids: Int[Array, "b s"] | None = None,
+    kv_mask: Bool[ArrayLike, "b s"] | None = None,
+    q_segment_ids: Int[ArrayLike, "b t"] | None = None,
+    kv_segment_ids: Int[ArrayLike, "b s"] | None = None,
     scale: float | None = None,
     block_sizes: BlockSizes = BlockSizes(),
     interpret: bool = False,

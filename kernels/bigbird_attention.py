@@ -43,7 +43,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float
+from jaxtyping import Array, ArrayLike, Bool, Float
 
 from kernels import Impl, register_op, resolve_impl
 from kernels import attention_common as common
@@ -177,7 +177,7 @@ def bigbird_reference(
     global_right: int = 1,
     seed: int = 0,
     causal: bool = False,
-    kv_mask: Bool[Array, "b t"] | None = None,
+    kv_mask: Bool[ArrayLike, "b t"] | None = None,
     scale: float | None = None,
     dropout_rate: float = 0.0,
     dropout_rng=None,
@@ -491,7 +491,7 @@ def bigbird_block_sparse(
     global_right: int = 1,
     seed: int = 0,
     causal: bool = False,
-    kv_mask: Bool[Array, "b t"] | None = None,
+    kv_mask: Bool[ArrayLike, "b t"] | None = None,
     scale: float | None = None,
     dropout_rate: float = 0.0,
     dropout_rng=None,

@@ -36,7 +36,7 @@ dim, ``w`` window, ``G`` global tokens.
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float
+from jaxtyping import Array, ArrayLike, Bool, Float
 
 from kernels import Impl, register_op, resolve_impl
 from kernels import attention_common as common
@@ -86,8 +86,8 @@ def longformer_reference(
     window: int,
     dilation: int = 1,
     causal: bool = False,
-    kv_mask: Bool[Array, "b t"] | None = None,
-    global_mask: Bool[Array, "b t"] | None = None,
+    kv_mask: Bool[ArrayLike, "b t"] | None = None,
+    global_mask: Bool[ArrayLike, "b t"] | None = None,
     q_global: Float[Array, "b t h p"] | None = None,
     k_global: Float[Array, "b t h p"] | None = None,
     v_global: Float[Array, "b t h p"] | None = None,
@@ -186,8 +186,8 @@ def longformer_blocked(
     window: int,
     dilation: int = 1,
     causal: bool = False,
-    kv_mask: Bool[Array, "b t"] | None = None,
-    global_mask: Bool[Array, "b t"] | None = None,
+    kv_mask: Bool[ArrayLike, "b t"] | None = None,
+    global_mask: Bool[ArrayLike, "b t"] | None = None,
     max_global: int | None = None,
     q_global: Float[Array, "b t h p"] | None = None,
     k_global: Float[Array, "b t h p"] | None = None,

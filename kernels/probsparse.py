@@ -45,7 +45,7 @@ import math
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from kernels import Impl, register_op, resolve_impl
 
@@ -80,7 +80,7 @@ def probsparse_sizes(t: int, s: int, factor: int) -> tuple[int, int]:
 
 def probsparse_sample(
     key: jax.Array, t: int, s: int, factor: int,
-    kv_mask: Bool[Array, "b s"] | None = None,
+    kv_mask: Bool[ArrayLike, "b s"] | None = None,
 ) -> Int[Array, "t u"] | Int[Array, "b t u"]:
   """Draws the sampled key indices, uniform with replacement.
 
@@ -162,12 +162,12 @@ def probsparse_reference(
     k: Float[Array, "b s h p"],
     v: Float[Array, "b s h pv"],
     *,
-    index_sample: Int[Array, "t u"] | Int[Array, "b t u"],
+    index_sample: Int[ArrayLike, "t u"] | Int[ArrayLike, "b t u"],
     factor: int = 5,
     causal: bool = False,
     scale: float | None = None,
-    kv_mask: Bool[Array, "b s"] | None = None,
-    q_mask: Bool[Array, "b t"] | None = None,
+    kv_mask: Bool[ArrayLike, "b s"] | None = None,
+    q_mask: Bool[ArrayLike, "b t"] | None = None,
 ) -> tuple[Float[Array, "b t h pv"], None]:
   """The official ProbAttention, step by step (see the module docstring)."""
   b, t, s, h, p = _check(q, k, v, index_sample, causal, kv_mask, q_mask)
@@ -252,11 +252,11 @@ def _sparsity_gathered(q, k, idx, n):
 def probsparse_select(
     q: Float[Array, "b h t p"],
     k: Float[Array, "b h s p"],
-    index_sample: Int[Array, "t u"] | Int[Array, "b t u"],
+    index_sample: Int[ArrayLike, "t u"] | Int[ArrayLike, "b t u"],
     n_top: int,
     *,
-    kv_mask: Bool[Array, "b s"] | None = None,
-    q_mask: Bool[Array, "b t"] | None = None,
+    kv_mask: Bool[ArrayLike, "b s"] | None = None,
+    q_mask: Bool[ArrayLike, "b t"] | None = None,
 ) -> Int[Array, "b h k"]:
   """Indices of the ``n_top`` active queries (top sparsity measurement)."""
   q, k = jax.lax.stop_gradient(q), jax.lax.stop_gradient(k)
@@ -278,12 +278,12 @@ def probsparse_xla(
     k: Float[Array, "b s h p"],
     v: Float[Array, "b s h pv"],
     *,
-    index_sample: Int[Array, "t u"] | Int[Array, "b t u"],
+    index_sample: Int[ArrayLike, "t u"] | Int[ArrayLike, "b t u"],
     factor: int = 5,
     causal: bool = False,
     scale: float | None = None,
-    kv_mask: Bool[Array, "b s"] | None = None,
-    q_mask: Bool[Array, "b t"] | None = None,
+    kv_mask: Bool[ArrayLike, "b s"] | None = None,
+    q_mask: Bool[ArrayLike, "b t"] | None = None,
     one_hot: bool | None = None,
 ) -> tuple[Float[Array, "b t h pv"], None]:
   """Fast form of :func:`probsparse_reference` (same arguments).
@@ -337,10 +337,10 @@ def probsparse_attention(
     factor: int = 5,
     causal: bool = False,
     key: jax.Array | None = None,
-    index_sample: Int[Array, "t u"] | Int[Array, "b t u"] | None = None,
+    index_sample: Int[ArrayLike, "t u"] | Int[ArrayLike, "b t u"] | None = None,
     scale: float | None = None,
-    kv_mask: Bool[Array, "b s"] | None = None,
-    q_mask: Bool[Array, "b t"] | None = None,
+    kv_mask: Bool[ArrayLike, "b s"] | None = None,
+    q_mask: Bool[ArrayLike, "b t"] | None = None,
     impl: Impl | str = Impl.AUTO,
 ) -> tuple[Float[Array, "b t h pv"], None]:
   """ProbSparse attention; draws ``index_sample`` from ``key`` if not given.

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, ArrayLike, Bool, Float, Int
 from ml_collections import config_dict
 
 from configs import checks
@@ -174,10 +174,10 @@ class Attention(QKVProjections):
   def __call__(
       self,
       x: Float[Array, "b t d"],
-      mask: Bool[Array, "b t"] | None = None,
+      mask: Bool[ArrayLike, "b t"] | None = None,
       *,
       deterministic: bool = True,
-      segment_ids: Int[Array, "b t"] | None = None,
+      segment_ids: Int[ArrayLike, "b t"] | None = None,
   ) -> Float[Array, "b t d"]:
     self._validate_heads()
     check_module_impl(self.impl, "attention")

@@ -37,7 +37,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float
+from jaxtyping import Array, ArrayLike, Bool, Float
 
 from layers.activations import gelu_exact
 from layers.probsparse import ProbSparseAttention
@@ -172,7 +172,7 @@ def max_pool_3_2(x: Float[Array, "b t d"]) -> Float[Array, "b tt d"]:
   return jnp.maximum(jnp.maximum(left, mid), right)
 
 
-def pool_mask(mask: Bool[Array, "b t"]) -> Bool[Array, "b tt"]:
+def pool_mask(mask: Bool[ArrayLike, "b t"]) -> Bool[ArrayLike, "b tt"]:
   """The mask after :func:`max_pool_3_2`: a window is real if any input is."""
   m = max_pool_3_2(mask[..., None].astype(jnp.float32))[..., 0]
   return m > 0

@@ -5,7 +5,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-from jaxtyping import Array, Bool, Float
+from jaxtyping import Array, ArrayLike, Bool, Float
 
 from configs import checks
 from kernels import linear_attention as la
@@ -79,7 +79,7 @@ class LinearAttention(QKVProjections):
   def __call__(
       self,
       x: Float[Array, "b t d"],
-      mask: Bool[Array, "b t"] | None = None,
+      mask: Bool[ArrayLike, "b t"] | None = None,
       *,
       deterministic: bool = True,
   ) -> Float[Array, "b t d"]:

@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-from jaxtyping import Array, Bool, Float
+from jaxtyping import Array, ArrayLike, Bool, Float
 from ml_collections import config_dict
 
 from configs import checks
@@ -70,7 +70,7 @@ def linformer_reference(
     E: Float[Array, "h k n"],
     F: Float[Array, "h k n"],
     *,
-    kv_mask: Bool[Array, "b s"] | None = None,
+    kv_mask: Bool[ArrayLike, "b s"] | None = None,
     k_bias: Float[Array, "h p"] | None = None,
     v_bias: Float[Array, "h p"] | None = None,
     scale: float | None = None,
@@ -305,7 +305,7 @@ class Linformer(nn.Module):
   def __call__(
       self,
       x: Float[Array, "b t d"],
-      mask: Bool[Array, "b t"] | None = None,
+      mask: Bool[ArrayLike, "b t"] | None = None,
       *,
       deterministic: bool = True,
   ) -> Float[Array, "b t d"]:

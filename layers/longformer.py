@@ -12,7 +12,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
-from jaxtyping import Array, Bool, Float
+from jaxtyping import Array, ArrayLike, Bool, Float
 
 from kernels import Impl
 from configs import checks
@@ -102,9 +102,9 @@ class Longformer(nn.Module):
   def __call__(
       self,
       x: Float[Array, "b t d"],
-      mask: Bool[Array, "b t"] | None = None,
+      mask: Bool[ArrayLike, "b t"] | None = None,
       *,
-      global_mask: Bool[Array, "b t"] | None = None,
+      global_mask: Bool[ArrayLike, "b t"] | None = None,
       deterministic: bool = True,
   ) -> Float[Array, "b t d"]:
     b, t, _ = x.shape

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jaxtyping import Array, Float
+from jaxtyping import Array, ArrayLike, Float
 
 from configs import checks
 from layers import attention
@@ -151,7 +151,7 @@ def _is_dense(node) -> bool:
           and np.ndim(_unbox(node["kernel"])) == 2)
 
 
-def factorize(kernel: Float[Array, "din dout"], rank: int
+def factorize(kernel: Float[ArrayLike, "din dout"], rank: int
               ) -> tuple[np.ndarray, np.ndarray, float]:
   """Truncated SVD ``W ~ E D``: ``E = U_r sqrt(S_r)``, ``D = sqrt(S_r) V_r^T``.
 

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-from jaxtyping import Array, Bool, Float
+from jaxtyping import Array, ArrayLike, Bool, Float
 
 from configs import checks
 from kernels import probsparse as ps_ops
@@ -105,14 +105,15 @@ class ProbSparseAttention(nn.Module):
   def __call__(
       self,
       x: Float[Array, "b t d"],
-      mask: Bool[Array, "b t"] | None = None,
+      mask: Bool[ArrayLike, "b t"] | None = None,
       *,
       deterministic: bool = True,
       context: Float[Array, "b s d"] | None = None,
-      context_mask: Bool[Array, "b s"] | None = None,
+      context_mask: Bool[ArrayLike, "b s"] | None = None,
       last_rows: int | None = None,
-  ) -> Float[Array, "b t d"]:
-    """Self-attention of ``x``, or cross-attention to ``context``.
+  ) -> Float[Array, "b r d"]:
+    """Self-attention of ``x``, or cross-attention to ``context``:
+    ``[b, r, d]`` with ``r = t``, or ``r = last_rows``.
 
     ``last_rows``: return only the last rows ``[b, last_rows, d]`` (the out
     projection runs on those alone), for callers that discard the others.

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import ml_collections
-from jaxtyping import Array, Bool, Complex, Float
+from jaxtyping import Array, ArrayLike, Bool, Complex, Float
 from ml_collections import config_dict
 
 from configs import checks
@@ -327,7 +327,7 @@ class S4(nn.Module):
   def __call__(
       self,
       x: Float[Array, "b t d"],
-      mask: Bool[Array, "b t"] | None = None,
+      mask: Bool[ArrayLike, "b t"] | None = None,
       *,
       deterministic: bool = True,
   ) -> Float[Array, "b t d"]:

@@ -31,7 +31,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float
+from jaxtyping import Array, ArrayLike, Bool, Float
 
 from layers import informer as inf
 from layers import probsparse
@@ -76,7 +76,7 @@ class Informer(nn.Module):
   def __call__(
       self,
       inputs: Float[Array, "b t c"],
-      mask: Bool[Array, "b t"] | None = None,
+      mask: Bool[ArrayLike, "b t"] | None = None,
       *,
       inputs_time: Float[Array, "b t nt"],
       decoder_inputs: Float[Array, "b l c"],

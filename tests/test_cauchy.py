@@ -88,6 +88,7 @@ def test_dispatcher(rng):
     cl.cauchy(v, z, w, impl="bogus")
 
 
+@pytest.mark.shape_errors
 def test_shape_errors(rng):
   v, z, w, _ = _problem(rng)
   with pytest.raises(ValueError, match="must equal"):

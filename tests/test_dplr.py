@@ -188,6 +188,7 @@ def test_decode_reproduces_kernel(rng, real):
   assert rel_err(y, y_conv) < 1e-4
 
 
+@pytest.mark.shape_errors
 def test_shape_errors(rng):
   Lam, P, B, C, log_dt = _params(rng)
   with pytest.raises(ValueError, match="P.shape"):

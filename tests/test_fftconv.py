@@ -72,6 +72,7 @@ def test_fft_size_is_smooth_and_minimal():
     assert not any(smooth(j) for j in range(n, m))
 
 
+@pytest.mark.shape_errors
 def test_rejects_bad_shapes():
   u, k, _ = _inputs(0, 1, 8, 3, 8)
   with pytest.raises(ValueError, match="k must be"):

@@ -171,12 +171,17 @@ def test_zero_keys_contribute_nothing():
   assert rel_err(S, S8) < 1e-6 and rel_err(z, z8) < 1e-6
 
 
-def test_dispatcher_and_errors():
+def test_dispatcher():
   q, k, v, state = _inputs(6, t=9, init=True)
   ref = linear_attention(q, k, v, initial_state=state, impl=Impl.REFERENCE)
   for impl in ("auto", "xla"):
     out = linear_attention(q, k, v, initial_state=state, impl=impl)
     assert rel_err(out[0], ref[0]) < 1e-5
+
+
+@pytest.mark.shape_errors
+def test_errors():
+  q, k, v, state = _inputs(6, t=9, init=True)
   with pytest.raises(ValueError, match="impl="):
     linear_attention(q, k, v, impl="pallas")
   with pytest.raises(ValueError, match="initial_state must be"):

@@ -154,13 +154,18 @@ def test_padding_masks(causal):
     assert np.all(np.isfinite(np.asarray(y)))
 
 
-def test_dispatcher_and_errors():
+def test_dispatcher():
   q, k, v = _qkv(seed=11, t=16)
   y_auto, _ = ps.probsparse_attention(q, k, v, factor=2,
                                       key=jax.random.key(0))
   y_ref, _ = ps.probsparse_attention(q, k, v, factor=2, key=jax.random.key(0),
                                      impl="reference")
   assert rel_err(y_auto, y_ref) < 1e-6
+
+
+@pytest.mark.shape_errors
+def test_errors():
+  q, k, v = _qkv(seed=11, t=16)
   with pytest.raises(ValueError, match="PRNG"):
     ps.probsparse_attention(q, k, v)
   with pytest.raises(ValueError, match="index_sample"):

@@ -226,6 +226,7 @@ def test_dispatcher_and_dtypes():
   assert rel_err(y16.astype(jnp.float32), y32) < 1e-2
 
 
+@pytest.mark.shape_errors
 def test_errors_name_the_values():
   x, dt, A, B, C, h0 = _inputs(10, t=12, h=4, g=2, init=True)
   for f in (ssd_reference, ssd_quadratic, ssd_chunked):

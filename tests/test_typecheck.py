@@ -1,13 +1,23 @@
-"""The jaxtyping annotations can be checked at run time (conftest.py's import
-hook, ``LONGSEQ_TYPECHECK=1``): a wrongly shaped array raises before the body
-runs, also under jit, where the check runs at trace time. Checked here in a
-fresh interpreter with the hook installed, whatever this run's setting."""
+"""The jaxtyping annotations are checked at run time (conftest.py's import
+hook; ``LONGSEQ_TYPECHECK=0`` turns it off): a wrongly shaped array raises
+before the body runs, also under jit, where the check runs at trace time.
+Checked in this run, in a ``shape_errors`` test (checks off, the code's own
+ValueError), and in a fresh interpreter with the hook installed, whatever this
+run's setting."""
 import importlib.util
 import os
 import pathlib
 import subprocess
 import sys
 import textwrap
+
+import conftest
+import jax.numpy as jnp
+import jaxtyping
+import numpy as np
+import pytest
+
+from kernels import ssd
 
 TESTS = pathlib.Path(__file__).resolve().parent
 
@@ -66,3 +76,24 @@ def test_wrong_shapes_raise_a_typecheck_error_with_the_hook():
   got = dict(line.split(" ", 1) for line in r.stdout.strip().splitlines())
   assert got == {"eager": "True", "jit": "True", "dtype": "True",
                  "layer": "True", "layer_ok": "(2, 6, 8)"}, r.stdout
+
+
+def _dt_one_head_too_many():
+  rng = np.random.default_rng(0)
+  f32 = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.float32)
+  b, t, h, p, g, n = 2, 5, 2, 3, 1, 4
+  x, A = f32(b, t, h, p), -jnp.abs(f32(h))
+  return x, jnp.abs(f32(b, t, h + 1)), A, f32(b, t, g, n), f32(b, t, g, n)
+
+
+def test_annotations_are_checked_in_this_run():
+  if not conftest.TYPECHECK:
+    pytest.skip("LONGSEQ_TYPECHECK=0: annotation checks off for this run")
+  with pytest.raises(jaxtyping.TypeCheckError):
+    ssd.ssd_reference(*_dt_one_head_too_many())
+
+
+@pytest.mark.shape_errors
+def test_shape_errors_tests_see_the_code_s_own_error():
+  with pytest.raises(ValueError, match=r"dt.shape=\(2, 5, 3\)"):
+    ssd.ssd_reference(*_dt_one_head_too_many())

@@ -74,6 +74,7 @@ def test_long_kernel_matches_float64_and_is_jittable():
   assert rel_err(k, want) < 1e-4
 
 
+@pytest.mark.shape_errors
 def test_rejects_bad_shapes():
   A, B, C, log_dt = _params(0)
   with pytest.raises(ValueError, match="log_dt.shape"):
