@@ -203,6 +203,10 @@ def get_config(preset: str = "full") -> ml_collections.ConfigDict:
   train.test_at_end = True
   # Show a tqdm progress bar (process 0 only).
   train.progress_bar = True
+  # Steps with a non-finite loss, gradient or update that are skipped (their
+  # update is not applied) before the run stops with an error naming them;
+  # 0 = the first such step stops the run.
+  train.max_nonfinite_steps = 0
   # End this run after this global step as if it were killed (no checkpoint
   # at that step); rerunning resumes from the last checkpoint. None = off.
   train.stop_after_step = config_dict.placeholder(int)

@@ -184,6 +184,8 @@ def validate_config(config: ml_collections.ConfigDict, *,
              train.get("early_stopping_patience"), minimum=1, optional=True)
   _check_int("train.stop_after_step", train.stop_after_step, minimum=1,
              optional=True)
+  _check_int("train.max_nonfinite_steps", train.max_nonfinite_steps,
+             minimum=0)
   total_steps(config, num_train_examples)  # Checks the warmup against them.
 
   # mesh

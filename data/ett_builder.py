@@ -15,6 +15,7 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
+from data import provenance
 from data import tasks
 from data.ett import (COLUMNS, NAMES, SPLITS, URL, EttOptions, read_csv, rows_per_hour,
                       rows_per_month, split_rows)
@@ -113,7 +114,16 @@ def make_builder(data_config: Any) -> Ett:
 def prepare(data_config: Any) -> Ett:
   """Builds the dataset if it is missing and returns its builder."""
   builder = make_builder(data_config)
-  builder.download_and_prepare()
+  name = builder.builder_config.name
+  manual_dir = _field(data_config, "manual_dir")
+  if manual_dir:
+    path = pathlib.Path(manual_dir).expanduser() / f"{name}.csv"
+    if not path.is_file():
+      raise FileNotFoundError(f"no {path}; {_MANUAL_INSTRUCTIONS}")
+    source = provenance.manual_source(manual_dir, [path])
+  else:
+    source = {"download": URL.format(name=name)}
+  provenance.prepare(builder, source, builder.download_and_prepare)
   return builder
 
 

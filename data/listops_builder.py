@@ -18,6 +18,7 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
+from data import provenance
 from data import release
 from data import tasks
 from data.listops_gen import (GeneratorOptions, NUM_CLASSES, OFFICIAL_SIZES, RELEASE_DIR,
@@ -193,5 +194,14 @@ def prepare(data_config: Any) -> LraListops:
   manual_dir = _field(data_config, "manual_dir")
   download_config = tfds.download.DownloadConfig(
       manual_dir=os.path.expanduser(manual_dir) if manual_dir else None)
-  builder.download_and_prepare(download_config=download_config)
+  config = builder.builder_config
+  if manual_dir:
+    source = provenance.manual_source(
+        manual_dir, find_split_files(os.path.expanduser(manual_dir)).values())
+  else:
+    source = provenance.generated_source(
+        {"sizes": config.sizes, "seed": config.seed,
+         "options": dataclasses.asdict(config.options)})
+  provenance.prepare(builder, source, lambda: builder.download_and_prepare(
+      download_config=download_config))
   return builder

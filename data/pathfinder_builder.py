@@ -36,6 +36,7 @@ from PIL import Image
 import tensorflow_datasets as tfds
 
 from data import pathfinder_write
+from data import provenance
 from data import release
 from data import tasks
 from data.pathfinder import (DIFFICULTY_DIRS, PNG_MIN_RESOLUTION, RESOLUTIONS, SPLITS,
@@ -344,6 +345,16 @@ def prepare(data_config: Any, resolution: int, difficulty: str) -> Pathfinder:
   """Builds the dataset if it is missing and returns its builder."""
   builder = make_builder(data_config, resolution, difficulty)
   manual_dir = _field(data_config, "manual_dir")
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      manual_dir=os.path.expanduser(manual_dir) if manual_dir else None))
+  cfg = builder.builder_config
+  if manual_dir:
+    base = find_pathfinder_dir(os.path.expanduser(manual_dir), resolution)
+    source = provenance.manual_source(
+        manual_dir, [os.path.join(base, DIFFICULTY_DIRS[difficulty])])
+  else:
+    source = provenance.generated_source(
+        {"resolution": resolution, "difficulty": difficulty,
+         "split_sizes": cfg.split_sizes, "seed": cfg.seed})
+  provenance.prepare(builder, source, lambda: builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(
+          manual_dir=os.path.expanduser(manual_dir) if manual_dir else None)))
   return builder

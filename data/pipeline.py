@@ -22,7 +22,10 @@ Iterator state is grain's ``get_state()`` (a small JSON-able dict), saved with
 each checkpoint through ``grain.checkpoint.CheckpointSave``.
 """
 import functools
+import os
 import sys
+import threading
+import time
 from typing import Any, Callable, Mapping
 
 from absl import flags
@@ -143,8 +146,24 @@ def _finish(ds: grain.MapDataset, data_config, rows: int, drop_remainder: bool,
     # notebooks) nothing has parsed them, so their defaults stand.
     if not flags.FLAGS.is_parsed():
       flags.FLAGS.mark_as_parsed()
-    ids = ids.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+    ids = ids.mp_prefetch(
+        grain.MultiprocessingOptions(num_workers=worker_count),
+        worker_init_fn=_end_with_parent)
   return ids
+
+
+def _end_with_parent(worker_index: int, worker_count: int) -> None:
+  """In each grain worker: exit when the process that started it is gone
+  (a SIGKILLed run must not leave its workers running as orphans)."""
+  del worker_index, worker_count
+  parent = os.getppid()
+
+  def watch():
+    while os.getppid() == parent:
+      time.sleep(1.0)
+    os._exit(0)  # pylint: disable=protected-access
+
+  threading.Thread(target=watch, name="end-with-parent", daemon=True).start()
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:

@@ -7,12 +7,14 @@ everything that changes the data. array_record files, read without TensorFlow.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping
 
 from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
+from data import provenance
 from data import tasks
 from data.probes import DEFAULT_SIZES, SPLITS
 
@@ -42,7 +44,11 @@ def prepare(builder_cls, config, data_config: Any) -> tfds.core.GeneratorBasedBu
   """Builds ``builder_cls(config)`` in ``config.data.data_dir`` if it is missing."""
   builder = builder_cls(config=config, data_dir=tasks.config_field(data_config, "data_dir"),
                         file_format="array_record")
-  builder.download_and_prepare()
+  base = {f.name for f in dataclasses.fields(tfds.core.BuilderConfig)}
+  own = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+         if f.name not in base}
+  provenance.prepare(builder, provenance.generated_source(own),
+                     builder.download_and_prepare)
   return builder
 
 

@@ -1,5 +1,6 @@
 """LRA ListOps: generator, evaluator, official TSV reader, TFDS builder, task."""
 import collections
+import os
 import pathlib
 import random
 
@@ -325,6 +326,51 @@ def test_builder_from_manual_dir(tmp_path):
     assert _as_set(sources[split]) == expected
   _check_preprocess(sources["train"], cfg)  # max_length 16 truncates some
   assert any(len(sources["train"][k]["inputs"]) > 16 for k in range(12))
+
+
+def test_cached_data_set_refuses_another_manual_dir(tmp_path):
+  """A data set built from one manual_dir is not reused for another one, a
+  changed one or a missing one: the error says what it was built from."""
+  from data import provenance  # pylint: disable=g-import-not-at-top
+  for name, seed in (("a", 2), ("b", 3)):
+    splits = listops_gen.generate_splits(
+        {"train": 12, "validation": 4, "test": 5}, seed=seed, options=SMALL)
+    listops_gen.write_splits(tmp_path / name / "listops-1000", splits)
+  cfg = lambda d: _data_config(tmp_path, manual_dir=str(tmp_path / d),
+                               max_length=16)
+  first = _as_set(listops.TASK.sources(cfg("a"))["train"])
+  assert _as_set(listops.TASK.sources(cfg("a"))["train"]) == first  # Reused.
+  with pytest.raises(provenance.StaleDataError,
+                     match=r"was built from data.manual_dir=.*/a'.*this run's "
+                     r"source is data.manual_dir=.*/b'.*Delete that folder"):
+    listops.TASK.sources(cfg("b"))
+  with pytest.raises(FileNotFoundError):  # Missing: the finder says so.
+    listops.TASK.sources(cfg("missing"))
+  # The same folder with a changed file (another size) is another source.
+  train = tmp_path / "a" / "listops-1000" / listops_gen.SPLIT_FILES["train"]
+  train.write_text(train.read_text() + "( [MAX 2 3 ] )\t3\n")
+  with pytest.raises(provenance.StaleDataError, match="fingerprint"):
+    listops.TASK.sources(cfg("a"))
+
+
+def test_cached_generated_data_set_refuses_changed_parameters(tmp_path):
+  """The generator's parameters are recorded too (here edited behind the
+  builder's name, as a code change would)."""
+  import json  # pylint: disable=g-import-not-at-top
+  from data import provenance  # pylint: disable=g-import-not-at-top
+  cfg = _data_config(tmp_path)
+  listops.TASK.sources(cfg)
+  builder = listops_builder.make_builder(cfg)
+  record = os.path.join(builder.data_dir, provenance.FILENAME)
+  with open(record) as f:
+    saved = json.load(f)
+  assert saved["generated"]["sizes"] == {"train": 40, "validation": 8,
+                                         "test": 8}
+  saved["generated"]["options"]["max_depth"] += 1
+  with open(record, "w") as f:
+    json.dump(saved, f)
+  with pytest.raises(provenance.StaleDataError, match="generated with"):
+    listops.TASK.sources(cfg)
 
 
 def test_builder_from_generator_and_size_configs(tmp_path):

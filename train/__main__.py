@@ -73,7 +73,17 @@ def main(argv):
   # Imported after flags are parsed so that --config errors come first.
   from train import trainer  # pylint: disable=g-import-not-at-top
   logging.info("config:\n%s", _CONFIG.value)
-  trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  from train import interrupts  # pylint: disable=g-import-not-at-top
+  try:
+    trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except interrupts.Interrupted as e:
+    sys.stderr.write(f"{e}\n")
+    sys.exit(128 + e.signum)  # As a process the signal ended.
+  except trainer.RUN_ERRORS as e:
+    # The message names the cause; the traceback would bury it.
+    logging.error("%s: %s", type(e).__name__, e)
+    sys.stderr.write(f"FATAL {type(e).__name__}: {e}\n")
+    sys.exit(1)
 
 
 if __name__ == "__main__":

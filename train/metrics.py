@@ -6,6 +6,7 @@ TensorBoard runs live in ``workdir/tensorboard/<split>`` so that curves of the
 same metric on different splits share one chart.
 """
 import json
+import math
 import os
 import time
 from typing import Mapping
@@ -66,7 +67,10 @@ class MetricWriter:
       return
     record = {"step": int(step), "split": split}
     record.update({k: float(v) for k, v in metrics.items()})
-    self._jsonl.write(json.dumps(record) + "\n")
+    bad = {k: v for k, v in metrics.items() if not math.isfinite(float(v))}
+    if bad:  # JSON has no NaN or infinity: refuse rather than write them.
+      raise ValueError(f"{split} metrics of step {step} are not finite: {bad}")
+    self._jsonl.write(json.dumps(record, allow_nan=False) + "\n")
     self._jsonl.flush()
     if split not in self._tb:
       self._tb[split] = EventFileWriter(os.path.join(self._tb_dir, split))

@@ -4,6 +4,7 @@ The run directory ``workdir`` holds::
 
   checkpoints/        latest checkpoints (train.keep_checkpoints of them)
   checkpoints_best/   the checkpoint with the best validation metric (train.best_metric)
+  config.json         the config the run was started with (train.run_config)
   metrics.jsonl       one JSON record per log / evaluation
   tensorboard/<split> TensorBoard event files
   test_metrics.json   the best checkpoint's test metrics (written at the end)
@@ -37,9 +38,13 @@ import layers
 import models
 from configs import validate
 from data import pipeline
+from train import checkpoints
+from train import interrupts
 from train import metrics as metrics_lib
+from train import nonfinite
 from train import optim as optim_lib
 from train import partitioning
+from train import run_config
 
 
 @flax.struct.dataclass
@@ -174,7 +179,12 @@ def _variables(state: TrainState) -> dict:
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     info=None):
-  """``train_step(state, batch, rng) -> (state, metrics)``, a pure function.
+  """``train_step(state, batch, rng) -> (state, metrics, health)``, pure.
+
+  A step whose loss, gradients or updated variables are not all finite
+  returns the state it was given (``step`` + 1): ``health`` says which
+  (``train.nonfinite``), ``metrics["finite_steps"]`` is 0 and the other
+  metrics are 0.
 
   Dropout (rng "dropout") and sampling inside the model (rng "sample", e.g.
   ProbSparse attention's keys) use keys folded from ``rng`` and
@@ -200,14 +210,20 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     (loss, (updates, means)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(state.params)
     param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    new_state = state.replace(
-        step=state.step + 1,
-        params=optax.apply_updates(state.params, param_updates),
-        batch_stats=updates.get("batch_stats", state.batch_stats),
-        opt_state=opt_state)
-    del loss  # In means.
+    new_vars = {"params": optax.apply_updates(state.params, param_updates),
+                "batch_stats": updates.get("batch_stats", state.batch_stats)}
+    # A step with a non-finite loss, gradient or update is not applied.
+    finite, health = nonfinite.check(loss, grads, new_vars)
+    old_vars = {"params": state.params, "batch_stats": state.batch_stats}
+    new_vars, opt_state = nonfinite.select(
+        finite, (new_vars, opt_state), (old_vars, state.opt_state))
+    new_state = state.replace(step=state.step + 1, opt_state=opt_state,
+                              **new_vars)
     metrics = dict(means, grad_norm=optax.global_norm(grads))
-    return new_state, metrics
+    # Zero on a skipped step: the window means count finite steps only.
+    metrics = {k: jnp.where(finite, v, 0.0) for k, v in metrics.items()}
+    metrics["finite_steps"] = finite.astype(jnp.float32)
+    return new_state, metrics, health
 
   return train_step
 
@@ -266,17 +282,10 @@ def _abstract(tree, shardings):
       tree, shardings)
 
 
-def _checkpoint_manager(directory: str, *, max_to_keep: int, best: bool,
-                        metric: str = "accuracy",
-                        mode: str = "max") -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep,
-      best_fn=(lambda m: m[metric]) if best else None,
-      best_mode=mode,
-      keep_checkpoints_without_metrics=not best,
-      create=True)
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
-
+# Errors that end a run with a message naming the cause (python -m train
+# prints them in one line).
+RUN_ERRORS = (nonfinite.NonFiniteError, run_config.ConfigMismatchError,
+              checkpoints.CheckpointError)
 
 # ``hook(step, state)``: see ``train_and_evaluate``'s ``hooks``.
 StepHook = Callable[[int, TrainState], None]
@@ -305,6 +314,9 @@ class _Setup:
   train_step: Callable  # Jitted make_train_step and make_eval_step.
   eval_step: Callable
   is_main: bool  # Process 0 writes the logs and test_metrics.json.
+  # Names of the leaves the train step's health flags refer to.
+  grad_names: list[str]
+  variable_names: list[str]
 
 
 def _setup(config: ml_collections.ConfigDict, devices) -> _Setup:
@@ -373,7 +385,8 @@ def _setup(config: ml_collections.ConfigDict, devices) -> _Setup:
   train_step = jax.jit(
       make_train_step(model, tx, info),
       in_shardings=(state_sharding, data_sharding, replicated),
-      out_shardings=(state_sharding, replicated), donate_argnums=(0,))
+      out_shardings=(state_sharding, replicated, replicated),
+      donate_argnums=(0,))
   eval_step = jax.jit(make_eval_step(model, info),
                       in_shardings=(state_sharding, data_sharding, replicated),
                       out_shardings=replicated)
@@ -389,7 +402,11 @@ def _setup(config: ml_collections.ConfigDict, devices) -> _Setup:
       mesh=mesh, rules=rules, data_sharding=data_sharding,
       abstract_state=abstract_state, init_state=init_state,
       dropout_rng=dropout_rng, train_step=train_step, eval_step=eval_step,
-      is_main=jax.process_index() == 0)
+      is_main=jax.process_index() == 0,
+      grad_names=nonfinite.leaf_names(abstract_state.params),
+      variable_names=nonfinite.leaf_names(
+          {"params": abstract_state.params,
+           "batch_stats": abstract_state.batch_stats}))
 
 
 @dataclasses.dataclass
@@ -403,9 +420,18 @@ class _Run:
   train_iter: grain.DatasetIterator  # Its position is checkpointed.
   manager: ocp.CheckpointManager  # The latest checkpoints (to resume).
   best_manager: ocp.CheckpointManager  # The best-by-validation checkpoint.
+  # Write each finished save's CHECKSUMS.json (train/checkpoints.py).
+  checksums: checkpoints.Checksums
+  best_checksums: checkpoints.Checksums
   writer: metrics_lib.MetricWriter
   seed: int  # config.seed, saved with each checkpoint.
   start_step: int  # The step the loop continues after.
+  # Steps skipped for non-finite values (train.max_nonfinite_steps).
+  nonfinite_steps: list[int] = dataclasses.field(default_factory=list)
+  # The metric sums of the steps since the last train record, and how many
+  # (saved with a checkpoint between records: an interrupt's).
+  sums: dict[str, Any] | None = None
+  window: int = 0
   validation: dict[str, float] | None = None  # This run's last evaluation.
 
   def save(self, manager: ocp.CheckpointManager, step: int, metrics=None, *,
@@ -417,12 +443,25 @@ class _Run:
       items["meta"] = ocp.args.JsonSave({
           "dropout_rng": np.asarray(
               jax.random.key_data(self.dropout_rng)).tolist(),
-          "seed": self.seed, "early_stopping": dict(self.stopping)})
+          "seed": self.seed, "early_stopping": dict(self.stopping),
+          "nonfinite_steps": list(self.nonfinite_steps),
+          "window": {"steps": self.window, "sums": None if self.sums is None
+                     else {k: float(v) for k, v in
+                           jax.device_get(self.sums).items()}}})
     manager.save(step, args=ocp.args.Composite(**items), metrics=metrics,
                  force=True)
+    (self.checksums if manager is self.manager
+     else self.best_checksums).saved(step)
+
+  def poll_checksums(self) -> None:
+    """Writes the checksums of the saves that have finished since."""
+    self.checksums.poll()
+    self.best_checksums.poll()
 
   def finish_writes(self) -> None:
     """Waits for the checkpoints, stops the data workers, flushes the logs."""
+    self.checksums.poll(wait=True)
+    self.best_checksums.poll(wait=True)
     self.manager.wait_until_finished()
     self.best_manager.wait_until_finished()
     self.train_iter.close()  # Stops grain's worker processes, if any.
@@ -441,25 +480,33 @@ def _create_or_restore(setup: _Setup, workdir: str) -> _Run:
   train_iter = pipeline.make_train_iterator(
       setup.task, config.data, seed=config.seed, source=setup.sources["train"])
   ckpt_dir = os.path.join(workdir, "checkpoints")
-  manager = _checkpoint_manager(
+  manager = checkpoints.manager(
       ckpt_dir, max_to_keep=config.train.keep_checkpoints, best=False)
-  best_manager = _checkpoint_manager(
+  best_manager = checkpoints.manager(
       os.path.join(workdir, "checkpoints_best"), max_to_keep=1, best=True,
       metric=setup.metric_name, mode=setup.metric_mode)
-  latest = manager.latest_step()
   stopping = {"best": None, "evals_since_best": 0, "stopped_early": False}
+  nonfinite_steps, sums, saved_window = [], None, {"steps": 0}
+  # The newest checkpoint that verifies and restores; newer unusable ones are
+  # reported and set aside.
+  latest, restored = checkpoints.restore_latest_usable(
+      manager, lambda: ocp.args.Composite(
+          state=ocp.args.StandardRestore(setup.abstract_state),
+          data=grain.checkpoint.CheckpointRestore(train_iter),
+          meta=ocp.args.JsonRestore()),
+      set_aside=setup.is_main)
   if latest is None:
     state, dropout_rng = setup.init_state(), setup.dropout_rng
   else:
     logging.info("resuming from %s step %d", ckpt_dir, latest)
-    restored = manager.restore(latest, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(setup.abstract_state),
-        data=grain.checkpoint.CheckpointRestore(train_iter),
-        meta=ocp.args.JsonRestore()))
     state = restored["state"]
     dropout_rng = jax.random.wrap_key_data(
         np.asarray(restored["meta"]["dropout_rng"], np.uint32))
     stopping.update(restored["meta"].get("early_stopping", {}))
+    nonfinite_steps = list(restored["meta"].get("nonfinite_steps", []))
+    saved_window = restored["meta"].get("window") or {"steps": 0}
+    if saved_window.get("sums") is not None:  # float32 values, exactly.
+      sums = {k: np.float32(v) for k, v in saved_window["sums"].items()}
   start_step = int(jax.device_get(state.step))
   # Best-by-validation checkpoints the interrupted run wrote after the
   # checkpoint it resumes from are redone by this run.
@@ -472,13 +519,23 @@ def _create_or_restore(setup: _Setup, workdir: str) -> _Run:
   return _Run(state=state, dropout_rng=dropout_rng, stopping=stopping,
               train_iter=train_iter, manager=manager,
               best_manager=best_manager, writer=writer, seed=config.seed,
-              start_step=start_step)
+              checksums=checkpoints.Checksums(manager, enabled=setup.is_main),
+              best_checksums=checkpoints.Checksums(best_manager,
+                                                   enabled=setup.is_main),
+              start_step=start_step, nonfinite_steps=nonfinite_steps,
+              sums=sums, window=saved_window["steps"])
 
 
 def _train_means(setup: _Setup, step: int, sums, window: int,
                  window_start: float) -> dict[str, float]:
-  """The train record of the ``window`` steps up to ``step``."""
-  means = {k: float(v) / window for k, v in jax.device_get(sums).items()}
+  """The train record of the ``window`` steps up to ``step``: the means
+  over its finite steps (none: no loss is recorded), and with
+  ``train.max_nonfinite_steps`` the number of steps it skipped."""
+  sums = {k: float(v) for k, v in jax.device_get(sums).items()}
+  finite = sums.pop("finite_steps")
+  means = {k: v / finite for k, v in sums.items()} if finite else {}
+  if setup.config.train.max_nonfinite_steps:
+    means["skipped_steps"] = float(window - finite)
   means["learning_rate"] = float(
       setup.schedules[optim_lib.DEFAULT_GROUP](step - 1))
   means["epoch"] = step / setup.steps_per_epoch
@@ -494,6 +551,7 @@ def _evaluate_validation(setup: _Setup, run: _Run, step: int) -> bool:
   run.validation = evaluate(setup.eval_step, run.state, setup.val_batches,
                             setup.data_sharding, config.train.eval_steps,
                             seed=config.seed)
+  nonfinite.check_metrics(f"validation at step {step}", run.validation)
   run.writer.write(step, "validation", run.validation)
   value = run.validation[setup.metric_name]
   stopping = run.stopping
@@ -517,12 +575,39 @@ def _evaluate_validation(setup: _Setup, run: _Run, step: int) -> bool:
   return True
 
 
-def _train_loop(setup: _Setup, run: _Run, hooks: Sequence[StepHook]) -> None:
+def _check_step(setup: _Setup, run: _Run, step: int, health) -> None:
+  """Counts a non-finite ``step`` (its update was not applied); raises
+  ``NonFiniteError`` once more than ``train.max_nonfinite_steps`` were."""
+  if bool(jax.device_get(health["finite"])):
+    return
+  health = jax.device_get(health)
+  what = nonfinite.describe(step, health, setup.grad_names,
+                            setup.variable_names)
+  allowed = setup.config.train.max_nonfinite_steps
+  run.nonfinite_steps.append(step)
+  if len(run.nonfinite_steps) > allowed:
+    raise nonfinite.NonFiniteError(
+        f"{what}. The run stops here (steps skipped before: "
+        f"{run.nonfinite_steps[:-1] or 'none'}, train.max_nonfinite_steps="
+        f"{allowed}); no checkpoint holds a non-finite state.")
+  logging.warning("%s: skipped, the state is that of step %d (%d of "
+                  "train.max_nonfinite_steps=%d)", what, step - 1,
+                  len(run.nonfinite_steps), allowed)
+
+
+def _train_loop(setup: _Setup, run: _Run, hooks: Sequence[StepHook],
+                signals: interrupts.Signals) -> None:
   """Trains from ``run.start_step`` to the last step, an early stop or
-  ``train.stop_after_step``: logs, evaluates and checkpoints on the way."""
+  ``train.stop_after_step``: logs, evaluates and checkpoints on the way.
+  After a SIGINT / SIGTERM it saves the step it has finished and raises
+  ``interrupts.Interrupted``."""
   config, total_steps = setup.config, setup.total_steps
   stop_after = config.train.stop_after_step
-  sums, window, window_start = None, 0, time.perf_counter()
+  window_start = time.perf_counter()
+  # The health of the last step, checked once the next one is dispatched
+  # (the device need not wait for the host), or before anything is logged,
+  # evaluated or saved.
+  pending = None
   bar = tqdm.tqdm(total=total_steps, initial=run.start_step, unit="step",
                   disable=not (config.train.progress_bar and setup.is_main))
   try:
@@ -531,33 +616,59 @@ def _train_loop(setup: _Setup, run: _Run, hooks: Sequence[StepHook]) -> None:
         break
       batch = partitioning.global_batch(next(run.train_iter),
                                         setup.data_sharding)
-      run.state, step_metrics = setup.train_step(run.state, batch,
-                                                 run.dropout_rng)
-      sums = step_metrics if sums is None else jax.tree.map(
-          jnp.add, sums, step_metrics)
-      window += 1
+      run.state, step_metrics, health = setup.train_step(
+          run.state, batch, run.dropout_rng)
+      if pending is not None:
+        _check_step(setup, run, *pending)
+      pending = (step, health)
+      if (step % config.train.log_every_steps == 0 or step == total_steps
+          or step % setup.eval_every == 0
+          or step % config.train.checkpoint_every_steps == 0
+          or (stop_after is not None and step >= stop_after)):
+        _check_step(setup, run, *pending)
+        pending = None
+      run.sums = step_metrics if run.sums is None else jax.tree.map(
+          jnp.add, run.sums, step_metrics)
+      run.window += 1
       bar.update(1)
       if step % config.train.log_every_steps == 0 or step == total_steps:
-        means = _train_means(setup, step, sums, window, window_start)
+        means = _train_means(setup, step, run.sums, run.window, window_start)
         run.writer.write(step, "train", means)
         bar.set_postfix({k: f"{means[k]:.4f}" for k in ("loss", "accuracy")
                          if k in means})
-        sums, window, window_start = None, 0, time.perf_counter()
+        run.sums, run.window, window_start = None, 0, time.perf_counter()
 
       stop = ((step % setup.eval_every == 0 or step == total_steps)
               and _evaluate_validation(setup, run, step))
+      saved = True
       if stop:  # Early: the checkpoint records that the run has stopped.
         run.save(run.manager, step)
       elif stop_after is not None and step >= stop_after:
         logging.info("stopping after step %d (train.stop_after_step)", step)
-        stop = True
+        stop, saved = True, False
       elif (step % config.train.checkpoint_every_steps == 0
             or step == total_steps):
         run.save(run.manager, step)
+      else:
+        saved = False
+      run.poll_checksums()
       for hook in hooks:  # The checkpoint of this step may still be writing.
         hook(step, run.state)
+      if signals.received and not stop:
+        if pending is not None:
+          _check_step(setup, run, *pending)
+          pending = None
+        if not saved:  # With the unlogged steps' sums: exact resume.
+          run.save(run.manager, step)
+        logging.warning("%s: saved the checkpoint of step %d; rerun the same "
+                        "command to resume", signals.name, step)
+        raise interrupts.Interrupted(
+            f"stopped by {signals.name} after step {step}; its checkpoint "
+            "is saved: rerun the same command to resume", signals.received)
       if stop:
         break
+    if pending is not None:
+      _check_step(setup, run, *pending)
   finally:
     bar.close()
     run.finish_writes()
@@ -570,14 +681,16 @@ def _final_evaluation(setup: _Setup, run: _Run, workdir: str) -> dict:
   best_step = run.best_manager.best_step()
   test_state = run.state
   if best_step is not None:
-    test_state = run.best_manager.restore(best_step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(setup.abstract_state)))["state"]
+    test_state = checkpoints.restore_verified(
+        run.best_manager, best_step, ocp.args.Composite(
+            state=ocp.args.StandardRestore(setup.abstract_state)))["state"]
   test_batches = pipeline.make_eval_iterable(
       setup.task, config.data, "test", source=setup.sources["test"])
   test = evaluate(setup.eval_step, test_state, test_batches,
                   setup.data_sharding, seed=config.seed)
   # The step is the evaluated checkpoint's (the best validation one).
   test_step = int(jax.device_get(test_state.step))
+  nonfinite.check_metrics(f"test of the step-{test_step} checkpoint", test)
   run.writer.write(test_step, "test", test)
   test["step"] = test_step
   if setup.is_main:  # Written atomically: a reader never sees half a file.
@@ -609,10 +722,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     devices = jax.devices()
   validate.validate_config(config, num_devices=len(devices),
                            process_count=jax.process_count())
+  # Before any data is built or anything compiles.
+  run_config.check_and_record(config, workdir,
+                              write=jax.process_index() == 0)
   setup = _setup(config, devices)
   with partitioning.mesh_context(setup.mesh, setup.rules):
     run = _create_or_restore(setup, workdir)
-    _train_loop(setup, run, hooks)
+    with interrupts.Signals().installed() as signals:
+      _train_loop(setup, run, hooks, signals)
     step = int(jax.device_get(run.state.step))
     result = {"step": step, "validation": run.validation,
               "stopped_early": run.stopping["stopped_early"]}
@@ -663,13 +780,13 @@ def restore_model(config: ml_collections.ConfigDict, workdir: str, *,
       abstract)
   directory = os.path.join(workdir, "checkpoints_best" if best else "checkpoints")
   metric_name, metric_mode = best_metric(config, info)
-  manager = _checkpoint_manager(directory, max_to_keep=1, best=best,
+  manager = checkpoints.manager(directory, max_to_keep=1, best=best,
                                 metric=metric_name, mode=metric_mode)
   step = manager.best_step() if best else manager.latest_step()
   if step is None:
     manager.close()
     raise FileNotFoundError(f"no checkpoint in {directory}")
-  state = manager.restore(step, args=ocp.args.Composite(
+  state = checkpoints.restore_verified(manager, step, ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract)))["state"]
   manager.close()
   return model, _variables(state), int(step)
