@@ -1,7 +1,8 @@
 """Small checks of config values, shared by the config's owners.
 
-Each raises ``ValueError`` naming the field by its full path and its value, e.g.
-``ValueError("model.s4.d_state=63 must be even ...")``. Used by
+Each raises ``ConfigError`` (a ``ValueError``) naming the field by its full
+path and its value, e.g.
+``ConfigError("model.s4.d_state=63 must be even ...")``. Used by
 ``configs/validate.py`` (fields common to all runs), by each mixer's
 declaration in ``layers/`` (``model.<mixer>.*``) and by each task's in
 ``data/`` (``data.<task>.*``).
@@ -11,8 +12,12 @@ import re
 from typing import Any, Iterable
 
 
+class ConfigError(ValueError):
+  """A config field's value cannot be run (the message names the field)."""
+
+
 def fail(field: str, value: Any, why: str):
-  raise ValueError(f"{field}={value!r} {why}")
+  raise ConfigError(f"{field}={value!r} {why}")
 
 
 def check_choice(field: str, value: Any, choices: Iterable[Any]) -> None:

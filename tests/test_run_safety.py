@@ -172,6 +172,9 @@ def test_corrupted_checkpoint_falls_back_to_the_previous_one(
   assert _records(workdir) == _records(stopped_at_10 / "full")
   assert result["test"] == json.loads(
       (stopped_at_10 / "full" / "test_metrics.json").read_text())
+  # Records of steps 5-10 were written before: TensorBoard has them once.
+  assert _event_steps(workdir / "tensorboard" / "train") == list(
+      range(2, 17, 2))
 
 
 def test_every_checkpoint_written_has_checksums_that_verify(stopped_at_10):
@@ -179,6 +182,23 @@ def test_every_checkpoint_written_has_checksums_that_verify(stopped_at_10):
     root = stopped_at_10 / "full" / folder
     for step in os.listdir(root):
       checkpoints.verify(str(root / step))
+
+
+def test_checksums_are_written_by_the_next_save_at_the_latest(tmp_path):
+  """However fast the steps, a checkpoint's checksums exist once the next
+  checkpoint starts (its save waits for the previous one anyway)."""
+  seen = {}
+
+  def hook(step, state):
+    del state
+    root = tmp_path / "checkpoints"
+    seen[step] = sorted(int(s) for s in os.listdir(root)
+                        if (root / s / checkpoints.MANIFEST).exists())
+
+  trainer.train_and_evaluate(toy_config(stop_after_step=13), str(tmp_path),
+                             hooks=[hook])
+  assert all(4 in seen[s] for s in range(8, 14)), seen
+  assert all(8 in seen[s] for s in range(12, 14)), seen
 
 
 def test_a_checkpoint_that_verifies_but_does_not_restore_is_an_error(
@@ -219,12 +239,17 @@ def test_restart_with_another_config_is_refused_naming_the_fields(
   assert len(message.splitlines()) == 1
 
 
-def test_resumable_fields_may_change(stopped_at_10, tmp_path):
+def test_resumable_fields_may_change(stopped_at_10, tmp_path, caplog):
   workdir = tmp_path / "run"
   shutil.copytree(stopped_at_10 / "stopped", workdir)
-  result = trainer.train_and_evaluate(
-      toy_config(num_steps=12, keep_checkpoints=2), str(workdir))
+  with caplog.at_level("INFO"):
+    result = trainer.train_and_evaluate(
+        toy_config(num_steps=12, keep_checkpoints=2), str(workdir))
   assert result["step"] == 12
+  # The console shows each evaluation and the test, one line each.
+  lines = [r.getMessage() for r in caplog.records]
+  assert any(m.startswith("validation at step 12: accuracy ") for m in lines)
+  assert any(m.startswith("test of the checkpoint of step ") for m in lines)
   recorded = json.loads((workdir / run_config.FILENAME).read_text())
   assert recorded["train.num_steps"] == 12
 
@@ -303,6 +328,23 @@ def test_sigterm_saves_the_step_and_resumes_exactly(full_toy_run, tmp_path):
   assert _records(tmp_path) == _records(full_toy_run)
   assert (json.loads((tmp_path / "test_metrics.json").read_text())
           == json.loads((full_toy_run / "test_metrics.json").read_text()))
+  # TensorBoard too: each step once, as in the uninterrupted run.
+  for split in ("train", "validation"):
+    assert (_event_steps(tmp_path / "tensorboard" / split)
+            == _event_steps(full_toy_run / "tensorboard" / split))
+  assert _event_steps(tmp_path / "tensorboard" / "train") == list(
+      range(2, 17, 2))
+
+
+def _event_steps(folder):
+  from tensorboard.backend.event_processing import event_file_loader
+  steps = []
+  for name in sorted(os.listdir(folder)):
+    for event in event_file_loader.EventFileLoader(
+        str(folder / name)).Load():
+      if event.summary.value:
+        steps.append(event.step)
+  return sorted(steps)
 
 
 def test_a_second_signal_exits_at_once(tmp_path):
@@ -327,3 +369,30 @@ def test_no_orphan_data_workers_after_sigkill(tmp_path):
   while any(_alive(p) for p in pids) and time.time() < deadline:
     time.sleep(0.5)
   assert not [p for p in pids if _alive(p)], "orphans left running"
+
+
+# ------------------------------------------------------- the command line
+def _cli(tmp_path, *overrides):
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  return subprocess.run(
+      [sys.executable, "-m", "train", "--config=configs/lra_listops.py:test",
+       f"--workdir={tmp_path / 'run'}",
+       f"--config.data.data_dir={tmp_path / 'tfds'}", *overrides],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_command_line_errors_are_one_line(tmp_path):
+  r = _cli(tmp_path, "--config.model.mixer=attention",
+           "--config.model.attention.n_heads=3")
+  assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+  assert r.stderr.strip().splitlines()[-1] == (
+      "FATAL ConfigError: model.attention.n_heads=3 does not divide "
+      "model.d_model=16 (or set model.attention.head_dim)")
+  r = _cli(tmp_path, "--config.optim.learning_rate=1e30",
+           "--config.train.num_steps=8", "--config.train.eval_every_steps=8")
+  assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+  last = r.stderr.strip().splitlines()[-1]
+  assert last.startswith("FATAL NonFiniteError: step "), last
+  records = _strict_json_lines(tmp_path / "run" / "metrics.jsonl")
+  assert all(np.isfinite(r["loss"]) for r in records if "loss" in r)

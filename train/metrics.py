@@ -3,11 +3,14 @@
 ``workdir/metrics.jsonl`` holds one record per log or evaluation:
 ``{"step": 100, "split": "train", "loss": ..., "accuracy": ..., ...}``.
 TensorBoard runs live in ``workdir/tensorboard/<split>`` so that curves of the
-same metric on different splits share one chart.
+same metric on different splits share one chart. A resumed run keeps the
+records up to the step it resumes from and writes the event files anew from
+them: every step appears once in both.
 """
 import json
 import math
 import os
+import shutil
 import time
 from typing import Mapping
 
@@ -61,6 +64,14 @@ class MetricWriter:
       os.fsync(f.fileno())
     os.replace(tmp_path, self.jsonl_path)
     self._jsonl = open(self.jsonl_path, "a")
+    if resume_step is not None:
+      # The event files may hold steps after resume_step: written anew from
+      # the records kept, so that each step appears once.
+      shutil.rmtree(self._tb_dir, ignore_errors=True)
+      for line in kept:
+        record = json.loads(line)
+        step, split = record.pop("step"), record.pop("split")
+        self._add_event(step, split, record)
 
   def write(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
     if not self._enabled:
@@ -72,6 +83,10 @@ class MetricWriter:
       raise ValueError(f"{split} metrics of step {step} are not finite: {bad}")
     self._jsonl.write(json.dumps(record, allow_nan=False) + "\n")
     self._jsonl.flush()
+    self._add_event(step, split, metrics)
+
+  def _add_event(self, step: int, split: str,
+                 metrics: Mapping[str, float]) -> None:
     if split not in self._tb:
       self._tb[split] = EventFileWriter(os.path.join(self._tb_dir, split))
     summary = summary_pb2.Summary(value=[

@@ -19,7 +19,8 @@ FILENAME = "config.json"
 RESUMABLE = (
     "train.num_epochs", "train.num_steps", "train.stop_after_step",
     "train.progress_bar", "train.test_at_end", "train.keep_checkpoints",
-    "train.max_nonfinite_steps", "train.eval_steps", "mesh.*",
+    "train.max_nonfinite_steps", "train.eval_steps", "train.log_every_steps",
+    "train.checkpoint_every_steps", "mesh.*",
 )
 
 

@@ -36,8 +36,10 @@ import tqdm
 
 import layers
 import models
+from configs import checks
 from configs import validate
 from data import pipeline
+from data import provenance
 from train import checkpoints
 from train import interrupts
 from train import metrics as metrics_lib
@@ -284,8 +286,9 @@ def _abstract(tree, shardings):
 
 # Errors that end a run with a message naming the cause (python -m train
 # prints them in one line).
-RUN_ERRORS = (nonfinite.NonFiniteError, run_config.ConfigMismatchError,
-              checkpoints.CheckpointError)
+RUN_ERRORS = (checks.ConfigError, nonfinite.NonFiniteError,
+              run_config.ConfigMismatchError, checkpoints.CheckpointError,
+              provenance.StaleDataError)
 
 # ``hook(step, state)``: see ``train_and_evaluate``'s ``hooks``.
 StepHook = Callable[[int, TrainState], None]
@@ -448,10 +451,14 @@ class _Run:
           "window": {"steps": self.window, "sums": None if self.sums is None
                      else {k: float(v) for k, v in
                            jax.device_get(self.sums).items()}}})
+    checksums = (self.checksums if manager is self.manager
+                 else self.best_checksums)
+    # Orbax's save waits for the manager's previous save to finish anyway:
+    # its checksums are written first.
+    checksums.poll(wait=True)
     manager.save(step, args=ocp.args.Composite(**items), metrics=metrics,
                  force=True)
-    (self.checksums if manager is self.manager
-     else self.best_checksums).saved(step)
+    checksums.saved(step)
 
   def poll_checksums(self) -> None:
     """Writes the checksums of the saves that have finished since."""
@@ -544,6 +551,12 @@ def _train_means(setup: _Setup, step: int, sums, window: int,
   return means
 
 
+def _summary(metrics: Mapping[str, float]) -> str:
+  """``accuracy 0.8125, loss 0.4312`` (the example count left out)."""
+  return ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items())
+                   if k != "num_examples")
+
+
 def _evaluate_validation(setup: _Setup, run: _Run, step: int) -> bool:
   """Evaluates ``run.state`` on the validation split, logs it, saves it if it
   is the best so far; returns whether early stopping ends the run here."""
@@ -556,10 +569,14 @@ def _evaluate_validation(setup: _Setup, run: _Run, step: int) -> bool:
   value = run.validation[setup.metric_name]
   stopping = run.stopping
   best = stopping["best"]
+  improved = best is None or (value < best if setup.metric_mode == "min"
+                              else value > best)
+  logging.info("validation at step %d: %s%s", step, _summary(run.validation),
+               " (best so far)" if improved else
+               f" (best {setup.metric_name} {best:.4g})")
   # Only a strict improvement counts (the first of equal values stays the
   # best), as the Informer's early stopping.
-  if best is None or (value < best if setup.metric_mode == "min"
-                      else value > best):
+  if improved:
     stopping["best"], stopping["evals_since_best"] = value, 0
     run.save(run.best_manager, step, {setup.metric_name: value},
              with_data=False)
@@ -692,6 +709,9 @@ def _final_evaluation(setup: _Setup, run: _Run, workdir: str) -> dict:
   test_step = int(jax.device_get(test_state.step))
   nonfinite.check_metrics(f"test of the step-{test_step} checkpoint", test)
   run.writer.write(test_step, "test", test)
+  logging.info("test of the checkpoint of step %d%s: %s", test_step,
+               " (best validation)" if best_step is not None else "",
+               _summary(test))
   test["step"] = test_step
   if setup.is_main:  # Written atomically: a reader never sees half a file.
     path = os.path.join(workdir, "test_metrics.json")
@@ -720,8 +740,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """
   if devices is None:
     devices = jax.devices()
-  validate.validate_config(config, num_devices=len(devices),
-                           process_count=jax.process_count())
+  try:
+    validate.validate_config(config, num_devices=len(devices),
+                             process_count=jax.process_count())
+  except ValueError as e:  # Every check names the field: no traceback.
+    if isinstance(e, checks.ConfigError):
+      raise
+    raise checks.ConfigError(str(e)) from e
   # Before any data is built or anything compiles.
   run_config.check_and_record(config, workdir,
                               write=jax.process_index() == 0)
