@@ -39,15 +39,7 @@ def get_config(preset: str = "full") -> ml_collections.ConfigDict:
   default.s4_lra(config, d_state=4, prenorm=False, learning_rate=0.01,
                  warmup_steps=12_000)
   model, optim = config.model, config.optim
-  # ListOps trains dt at the base learning rate: only A and B are in "ssm".
-  groups = model.s4.optim_groups
-  groups.ssm.pattern = r"(^|/)mixer/(A_real|A_imag|P|B)$"
-  with config.unlocked():
-    groups.dt = ml_collections.ConfigDict(dict(
-        pattern=r"(^|/)mixer/log_dt$",
-        learning_rate=ml_collections.config_dict.placeholder(float),
-        weight_decay=ml_collections.config_dict.FieldReference(
-            0.0, field_type=float)))
+  default.s4_dt_at_base_lr(config)  # lr.dt: null in the reference file.
 
   train = config.train
   train.num_epochs = 40

@@ -32,6 +32,7 @@ import importlib
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import ml_collections
+import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +67,27 @@ class RandomAccessSource(Protocol):
 
   def __getitem__(self, index: int) -> Mapping[str, Any]:
     ...
+
+
+class Subset:
+  """``size`` examples of ``source``, drawn once without replacement with
+  ``seed`` (kept in the source's order): ``data.num_<split>`` for tasks whose
+  data is read, not generated."""
+
+  def __init__(self, source: RandomAccessSource, size: int, *, seed: int,
+               field: str):
+    if size > len(source):
+      raise ValueError(f"{field}={size} is more than the {len(source)} "
+                       "examples of the split")
+    rng = np.random.default_rng(seed)
+    self._source = source
+    self._index = np.sort(rng.choice(len(source), size, replace=False))
+
+  def __len__(self) -> int:
+    return len(self._index)
+
+  def __getitem__(self, index: int) -> Mapping[str, Any]:
+    return self._source[int(self._index[index])]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +146,7 @@ BUILTIN_TASK_MODULES = (
     "data.passkey",
     "data.mqar",
     "data.ett",
+    "data.text",
 )
 
 TASKS: dict[str, Task] = {}
