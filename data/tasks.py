@@ -69,7 +69,20 @@ class RandomAccessSource(Protocol):
     ...
 
 
-class Subset:
+class View:
+  """The examples ``index`` of ``source``, in that order."""
+
+  def __init__(self, source: RandomAccessSource, index):
+    self._source, self._index = source, np.asarray(index, np.int64)
+
+  def __len__(self) -> int:
+    return len(self._index)
+
+  def __getitem__(self, index: int) -> Mapping[str, Any]:
+    return self._source[int(self._index[index])]
+
+
+class Subset(View):
   """``size`` examples of ``source``, drawn once without replacement with
   ``seed`` (kept in the source's order): ``data.num_<split>`` for tasks whose
   data is read, not generated."""
@@ -80,14 +93,8 @@ class Subset:
       raise ValueError(f"{field}={size} is more than the {len(source)} "
                        "examples of the split")
     rng = np.random.default_rng(seed)
-    self._source = source
-    self._index = np.sort(rng.choice(len(source), size, replace=False))
-
-  def __len__(self) -> int:
-    return len(self._index)
-
-  def __getitem__(self, index: int) -> Mapping[str, Any]:
-    return self._source[int(self._index[index])]
+    super().__init__(source, np.sort(rng.choice(len(source), size,
+                                                replace=False)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,6 +154,7 @@ BUILTIN_TASK_MODULES = (
     "data.mqar",
     "data.ett",
     "data.text",
+    "data.image",
 )
 
 TASKS: dict[str, Task] = {}
