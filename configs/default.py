@@ -92,6 +92,9 @@ def get_config(preset: str = "full") -> ml_collections.ConfigDict:
   # Sequence pooling before the classifier: "mean" | "last" | "max" | "cls"
   # (not used by token-level tasks, whose head predicts at every position).
   model.pool = "mean"
+  # Pair tasks (LRA Retrieval): width m of the dual head's MLP over
+  # [x1, x2, x1 * x2, x1 - x2] (Dense m, Dense m // 2; LRA's matching: 512).
+  model.pair_mlp_dim = 512
   # Compute dtype of the model's layers (activations, matmul inputs):
   # "float32" or "bfloat16" (mixed precision: the SSM kernels, softmax and
   # normalisation statistics stay in float32 inside the layers).

@@ -45,6 +45,7 @@ class TaskInfo:
   input_channels: int | None = None  # for continuous inputs
   pad_id: int = 0
   # "class": one label per sequence (``num_classes`` classes);
+  # "pair": one label per pair of sequences (``inputs [2, t]``, LRA Retrieval);
   # "tokens": one target token per position (``num_classes`` = output vocab);
   # "forecast": real-valued ``targets [pred_len, output_channels]`` (a
   # regression: MSE loss, MSE/MAE metrics).
@@ -155,6 +156,7 @@ BUILTIN_TASK_MODULES = (
     "data.ett",
     "data.text",
     "data.image",
+    "data.retrieval",
 )
 
 TASKS: dict[str, Task] = {}

@@ -1,5 +1,12 @@
 """Sequence classification: encoder, backbone, pooling, linear head.
 
+Pairs of sequences (``inputs [b, 2, t]``, LRA Retrieval) go through the same
+encoder and backbone as one batch of ``2b`` (the LRA two-tower model: one
+shared encoder), are pooled to ``x1, x2``, and classified by LRA's dual head
+(lra_benchmarks/models/layers/common_layers.py ``classifier_head_dual`` with
+``interaction="NLI"``): ``[x1, x2, x1 * x2, x1 - x2]`` -> Dense(m) -> ReLU ->
+Dense(m // 2) -> ReLU -> Dense(classes), ``m = model.pair_mlp_dim``.
+
 Token inputs ``[b, t]`` go through an embedding, continuous inputs ``[b, t, c]``
 through a Dense encoder (as the S4 LRA models do for pixels). Pooling:
   * ``mean``: average over real tokens (the LRA/S4 default);
@@ -75,11 +82,18 @@ class SequenceClassifier(nn.Module):
   ff_mult: int = 0
   dense_rank: int | None = None
   pool: str = "mean"
+  pair_mlp_dim: int | None = None  # Set: inputs are pairs (module docstring).
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, inputs, mask=None, *, train: bool = False):
+    pairs = self.pair_mlp_dim is not None
+    if pairs:  # [b, 2, t(, c)] -> [2b, t(, c)]: the first documents, then the second.
+      b2 = inputs.shape[0]
+      inputs = jnp.swapaxes(inputs, 0, 1).reshape((2 * b2,) + inputs.shape[2:])
+      if mask is not None:
+        mask = jnp.swapaxes(mask, 0, 1).reshape(2 * b2, -1)
     x = encode_inputs(
         inputs, input_kind=self.input_kind, d_model=self.d_model,
         vocab_size=self.vocab_size, dtype=self.dtype,
@@ -104,11 +118,17 @@ class SequenceClassifier(nn.Module):
         param_dtype=self.param_dtype, name="backbone")(
             x, mask, train=train)
     x = pool(x, mask, self.pool)
-    logits = nn.Dense(
-        self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
+    dense = lambda n, name, axes: nn.Dense(
+        n, dtype=self.dtype, param_dtype=self.param_dtype,
         kernel_init=nn.with_logical_partitioning(
-            nn.initializers.lecun_normal(), ("embed", None)),
-        name="head")(x)
+            nn.initializers.lecun_normal(), axes), name=name)
+    if pairs:
+      x1, x2 = jnp.split(x, 2, axis=0)
+      x = jnp.concatenate([x1, x2, x1 * x2, x1 - x2], axis=-1)
+      x = nn.relu(dense(self.pair_mlp_dim, "pair_mlp", (None, "mlp"))(x))
+      x = nn.relu(dense(self.pair_mlp_dim // 2, "pair_mlp2", ("mlp", None))(x))
+    logits = dense(self.num_classes, "head",
+                   (None if pairs else "embed", None))(x)
     return logits.astype(jnp.float32)
 
 
@@ -205,5 +225,8 @@ def build_model(model_config: ml_collections.ConfigDict, info) -> nn.Module:
       ff_mult=model_config.get("ff_mult", 0),
       dense_rank=model_config.get("dense_rank"),
       pool=model_config.pool,
+      pair_mlp_dim=(model_config.pair_mlp_dim
+                    if getattr(info, "output_kind", "class") == "pair"
+                    else None),
       **dtypes(model_config),
   )

@@ -148,12 +148,15 @@ def _mixer_groups(model_config, info) -> dict:
 def dummy_inputs(info, batch_size: int = 1) -> dict[str, jax.Array]:
   """Zero model inputs of a task's shapes (all positions real), for init."""
   t = info.max_length
+  # Pair tasks: two sequences per example.
+  lead = (batch_size, 2) if getattr(info, "output_kind", "class") == "pair" else (
+      batch_size,)
   if info.input_kind == "tokens":
-    batch = {"inputs": jnp.zeros((batch_size, t), jnp.int32)}
+    batch = {"inputs": jnp.zeros(lead + (t,), jnp.int32)}
   else:
-    batch = {"inputs": jnp.zeros((batch_size, t, info.input_channels),
+    batch = {"inputs": jnp.zeros(lead + (t, info.input_channels),
                                  jnp.float32)}
-  batch["mask"] = jnp.ones((batch_size, t), bool)
+  batch["mask"] = jnp.ones(lead + (t,), bool)
   if getattr(info, "output_kind", "class") == "forecast":
     nt, c = info.time_channels, info.input_channels
     batch["inputs_time"] = jnp.zeros((batch_size, t, nt), jnp.float32)
