@@ -10,7 +10,6 @@ import pytest
 from configs import default
 from data import provenance
 from data import text
-from data import text_builder
 from train import trainer
 
 # A review with non-ASCII UTF-8, HTML breaks (kept, as LRA keeps them) and
