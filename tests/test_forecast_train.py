@@ -13,6 +13,7 @@ import pytest
 from configs import ett_informer, validate
 from data import ett
 from train import optim as optim_lib
+from train import steps
 from train import trainer
 
 
@@ -54,9 +55,9 @@ def test_forecast_loss_sums_are_weighted_mse_and_mae():
   pred = rng.normal(size=(4, 3, 2)).astype(np.float32)
   target = rng.normal(size=(4, 3, 2)).astype(np.float32)
   weight = np.array([1, 1, 0, 1], np.float32)
-  sums = trainer._loss_sums(jnp.asarray(pred), {
+  sums = steps.loss_sums(jnp.asarray(pred), {
       "targets": jnp.asarray(target), "weight": jnp.asarray(weight)})
-  means = trainer._means(sums)
+  means = steps.means_of(sums)
   real = weight > 0
   err = (pred - target)[real]
   np.testing.assert_allclose(means["mse"], np.mean(err ** 2), rtol=1e-6)

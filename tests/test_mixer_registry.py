@@ -14,6 +14,7 @@ from configs import checks, default, validate
 from data.tasks import TaskInfo
 from layers import registry
 from train import optim as optim_lib
+from train import steps
 from train import trainer
 
 
@@ -123,8 +124,8 @@ def test_mixer_groups_reach_the_informer_encoder():
                           "sample": jax.random.key(1)},
                          batch["inputs"], batch["mask"],
                          **{k: batch[k] for k in info.extra_inputs}))["params"]
-  params = trainer._unbox_without_constraints(params)  # pylint: disable=protected-access
-  groups = trainer._mixer_groups(config.model, info)  # pylint: disable=protected-access
+  params = steps.unbox_without_constraints(params)  # pylint: disable=protected-access
+  groups = steps.mixer_groups(config.model, info)  # pylint: disable=protected-access
   labels = optim_lib.param_labels(
       params, optim_lib.group_patterns(config.optim, groups))
   encoder = labels["encoder_0"]["mixer"]

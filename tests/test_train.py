@@ -25,6 +25,7 @@ from data import tasks
 from layers import registry
 from train import metrics as metrics_lib
 from train import optim as optim_lib
+from train import steps
 from train import trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -623,7 +624,7 @@ def test_token_loss_uses_loss_mask_and_accuracy_uses_target_mask():
   weight = np.array([1.0, 1.0, 0.0], np.float32)  # Row 2 is padding.
   batch = {"targets": targets, "target_mask": target_mask,
            "loss_mask": loss_mask, "weight": weight}
-  means = jax.tree.map(float, trainer._means(trainer._loss_sums(logits, batch)))
+  means = jax.tree.map(float, steps.means_of(steps.loss_sums(logits, batch)))
   logp = np.asarray(jax.nn.log_softmax(logits, -1))
   ce = -np.take_along_axis(logp, targets[..., None], -1)[..., 0]
   want_loss = ce[:2][loss_mask[:2]].mean()
@@ -631,6 +632,6 @@ def test_token_loss_uses_loss_mask_and_accuracy_uses_target_mask():
   assert means["accuracy"] == 0.5  # Row 0 exact, row 1 not.
   assert means["token_accuracy"] == 0.75  # 3 of the 4 answer tokens.
   del batch["loss_mask"]  # Default: the loss covers target_mask only.
-  means = jax.tree.map(float, trainer._means(trainer._loss_sums(logits, batch)))
+  means = jax.tree.map(float, steps.means_of(steps.loss_sums(logits, batch)))
   np.testing.assert_allclose(means["loss"], ce[:2][target_mask[:2]].mean(),
                              rtol=1e-6)

@@ -9,21 +9,21 @@ The run directory ``workdir`` holds::
   tensorboard/<split> TensorBoard event files
   test_metrics.json   the best checkpoint's test metrics (written at the end)
 
-A checkpoint holds the train state (step, params, batch statistics, optimizer
-state), the dropout key and the data iterator's position, so a run killed
-after any step and started again with the same command continues from its
-last checkpoint and logs exactly what an uninterrupted run logs.
+What a step computes (``TrainState``, the losses, ``train_step``,
+``eval_step``, ``evaluate``) is train/steps.py; this module is the run around
+it. A checkpoint holds the train state (step, params, batch statistics,
+optimizer state), the dropout key and the data iterator's position, so a run
+killed after any step and started again with the same command continues from
+its last checkpoint and logs exactly what an uninterrupted run logs.
 """
 import dataclasses
 import functools
 import json
 import logging
-import math
 import os
 import time
 from typing import Any, Callable, Mapping, Sequence
 
-import flax
 import flax.linen as nn
 import grain
 import jax
@@ -34,7 +34,6 @@ import optax
 import orbax.checkpoint as ocp
 import tqdm
 
-import layers
 import models
 from configs import checks
 from configs import validate
@@ -47,245 +46,14 @@ from train import nonfinite
 from train import optim as optim_lib
 from train import partitioning
 from train import run_config
+from train import steps
 
 
-@flax.struct.dataclass
-class TrainState:
-  """Everything a training step updates (a pytree)."""
-  step: jax.Array  # int32 scalar: optimizer steps taken.
-  params: Any
-  batch_stats: Any  # BatchNorm running statistics ({} without BatchNorm).
-  # Non-trainable variables fixed at init (SGConv's kernel norm); {} if none.
-  constants: Any
-  opt_state: Any
-
-
-def _loss_sums(logits, batch) -> dict[str, jax.Array]:
-  """Weighted sums the loss and the metrics are means of.
-
-  ``logits [b, classes]`` (one label per sequence) or ``[b, t, vocab]`` (one
-  target per position; integer ``targets``), or forecasts ``[b, t, c]`` when
-  ``targets`` are real-valued. Padding rows have weight 0.
-
-  Classes and tokens: ``loss_sum`` / ``loss_count`` (cross-entropy per example,
-  or per token of ``batch["loss_mask"]``, default ``batch["target_mask"]``),
-  ``correct`` / ``count`` (accuracy per example; with token targets an example
-  is correct when all its ``target_mask`` tokens are), and with token targets
-  ``token_correct`` / ``token_count`` (accuracy per ``target_mask`` token).
-
-  Forecasts: ``loss_sum`` = ``se_sum`` (squared errors), ``ae_sum`` (absolute
-  errors), ``loss_count`` (predicted values) and ``count`` (examples): the
-  loss is the MSE over every predicted value, as the Informer's.
-  """
-  targets, weight = batch["targets"], batch["weight"]
-  if jnp.issubdtype(targets.dtype, jnp.floating):
-    err = logits.astype(jnp.float32) - targets.astype(jnp.float32)
-    per_value = weight.reshape((-1,) + (1,) * (err.ndim - 1))
-    values = math.prod(err.shape[1:])
-    se_sum = jnp.sum(jnp.square(err) * per_value)
-    return {"loss_sum": se_sum, "loss_count": jnp.sum(weight) * values,
-            "ae_sum": jnp.sum(jnp.abs(err) * per_value),
-            "count": jnp.sum(weight)}
-  ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-  hit = jnp.argmax(logits, axis=-1) == targets
-  if logits.ndim == 2:
-    count = jnp.sum(weight)
-    return {"loss_sum": jnp.sum(ce * weight), "loss_count": count,
-            "correct": jnp.sum(hit.astype(jnp.float32) * weight),
-            "count": count}
-  target_mask = batch["target_mask"]
-  loss_mask = batch.get("loss_mask", target_mask)
-  loss_weight = loss_mask.astype(jnp.float32) * weight[:, None]
-  token_weight = target_mask.astype(jnp.float32) * weight[:, None]
-  all_hit = jnp.all(hit | ~target_mask, axis=1).astype(jnp.float32)
-  return {"loss_sum": jnp.sum(ce * loss_weight),
-          "loss_count": jnp.sum(loss_weight),
-          "correct": jnp.sum(all_hit * weight), "count": jnp.sum(weight),
-          "token_correct": jnp.sum(hit.astype(jnp.float32) * token_weight),
-          "token_count": jnp.sum(token_weight)}
-
-
-def _means(sums) -> dict[str, Any]:
-  """Loss and accuracies (or MSE and MAE) from the sums of :func:`_loss_sums`."""
-  loss_count = jnp.maximum(sums["loss_count"], 1.0)
-  means = {"loss": sums["loss_sum"] / loss_count}
-  if "ae_sum" in sums:
-    means["mse"] = means["loss"]
-    means["mae"] = sums["ae_sum"] / loss_count
-    return means
-  means["accuracy"] = sums["correct"] / jnp.maximum(sums["count"], 1.0)
-  if "token_correct" in sums:
-    means["token_accuracy"] = sums["token_correct"] / jnp.maximum(
-        sums["token_count"], 1.0)
-  return means
-
-
-# Metrics that are better when smaller (the others are better when larger).
-_LOWER_IS_BETTER = ("loss", "mse", "mae")
-
-
-def best_metric(config: ml_collections.ConfigDict, info) -> tuple[str, str]:
-  """``(validation metric, "min" | "max")`` that picks the best checkpoint:
-  ``train.best_metric``, by default the accuracy, or the loss for forecasts."""
-  name = config.train.get("best_metric")
-  if name is None:
-    name = "loss" if getattr(info, "output_kind", "class") == "forecast" else (
-        "accuracy")
-  return name, "min" if name in _LOWER_IS_BETTER else "max"
-
-
-def _mixer_groups(model_config, info) -> dict:
-  """The optimizer groups of the model's sequence mixer
-  (``model.<mixer>.optim_groups``)."""
-  name = model_config.mixer
-  if getattr(info, "output_kind", "class") == "forecast":
-    name = model_config.informer.get("encoder_mixer") or None
-  if name is None:
-    return {}
-  return layers.get_spec(name).optim_groups(model_config.get(name))
-
-
-def dummy_inputs(info, batch_size: int = 1) -> dict[str, jax.Array]:
-  """Zero model inputs of a task's shapes (all positions real), for init."""
-  t = info.max_length
-  # Pair tasks: two sequences per example.
-  lead = (batch_size, 2) if getattr(info, "output_kind", "class") == "pair" else (
-      batch_size,)
-  if info.input_kind == "tokens":
-    batch = {"inputs": jnp.zeros(lead + (t,), jnp.int32)}
-  else:
-    batch = {"inputs": jnp.zeros(lead + (t, info.input_channels),
-                                 jnp.float32)}
-  batch["mask"] = jnp.ones(lead + (t,), bool)
-  if getattr(info, "output_kind", "class") == "forecast":
-    nt, c = info.time_channels, info.input_channels
-    batch["inputs_time"] = jnp.zeros((batch_size, t, nt), jnp.float32)
-    batch["decoder_inputs"] = jnp.zeros((batch_size, info.label_len, c),
-                                        jnp.float32)
-    batch["decoder_time"] = jnp.zeros(
-        (batch_size, info.label_len + info.pred_len, nt), jnp.float32)
-  return batch
-
-
-def _model_args(batch, info) -> tuple[tuple, dict]:
-  """Positional and keyword model inputs of a batch."""
-  extra = getattr(info, "extra_inputs", ()) if info is not None else ()
-  return (batch["inputs"], batch["mask"]), {k: batch[k] for k in extra}
-
-
-def _variables(state: TrainState) -> dict:
-  variables = {"params": state.params}
-  if state.batch_stats:
-    variables["batch_stats"] = state.batch_stats
-  if state.constants:
-    variables["constants"] = state.constants
-  return variables
-
-
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
-                    info=None):
-  """``train_step(state, batch, rng) -> (state, metrics, health)``, pure.
-
-  A step whose loss, gradients or updated variables are not all finite
-  returns the state it was given (``step`` + 1): ``health`` says which
-  (``train.nonfinite``), ``metrics["finite_steps"]`` is 0 and the other
-  metrics are 0.
-
-  Dropout (rng "dropout") and sampling inside the model (rng "sample", e.g.
-  ProbSparse attention's keys) use keys folded from ``rng`` and
-  ``state.step``, so the randomness of a step depends only on the run's key
-  and the step number. ``info`` (the task's ``TaskInfo``) names the extra
-  model inputs of a batch.
-  """
-
-  def train_step(state: TrainState, batch: dict, rng: jax.Array):
-    step_rng = jax.random.fold_in(rng, state.step)
-    args, kwargs = _model_args(batch, info)
-
-    def loss_fn(params):
-      variables = _variables(state.replace(params=params))
-      logits, updates = model.apply(
-          variables, *args, train=True, **kwargs,
-          rngs={"dropout": step_rng,
-                "sample": jax.random.fold_in(step_rng, 1)},
-          mutable=["batch_stats"])
-      means = _means(_loss_sums(logits, batch))
-      return means["loss"], (updates, means)
-
-    (loss, (updates, means)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(state.params)
-    param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    new_vars = {"params": optax.apply_updates(state.params, param_updates),
-                "batch_stats": updates.get("batch_stats", state.batch_stats)}
-    # A step with a non-finite loss, gradient or update is not applied.
-    finite, health = nonfinite.check(loss, grads, new_vars)
-    old_vars = {"params": state.params, "batch_stats": state.batch_stats}
-    new_vars, opt_state = nonfinite.select(
-        finite, (new_vars, opt_state), (old_vars, state.opt_state))
-    new_state = state.replace(step=state.step + 1, opt_state=opt_state,
-                              **new_vars)
-    metrics = dict(means, grad_norm=optax.global_norm(grads))
-    # Zero on a skipped step: the window means count finite steps only.
-    metrics = {k: jnp.where(finite, v, 0.0) for k, v in metrics.items()}
-    metrics["finite_steps"] = finite.astype(jnp.float32)
-    return new_state, metrics, health
-
-  return train_step
-
-
-def make_eval_step(model: nn.Module, info=None):
-  """``eval_step(state, batch, rng) -> sums`` (padding rows have weight 0);
-  ``rng`` feeds sampling inside the model (rng "sample")."""
-
-  def eval_step(state: TrainState, batch: dict, rng: jax.Array):
-    args, kwargs = _model_args(batch, info)
-    logits = model.apply(_variables(state), *args, train=False, **kwargs,
-                         rngs={"sample": rng})
-    return _loss_sums(logits, batch)
-
-  return eval_step
-
-
-# Key of the evaluation's sampling (ProbSparse attention): fixed, so that
-# every evaluation of a checkpoint gives the same numbers.
-_EVAL_SAMPLE_SEED = 12345
-
-
-def evaluate(eval_step, state: TrainState, batches, sharding,
-             max_steps: int | None = None, *, seed: int = 0) -> dict[str, float]:
-  """Weighted mean loss and accuracies over ``batches`` (each example once).
-
-  Batch ``i`` samples with ``fold_in(key(seed + _EVAL_SAMPLE_SEED), i)``."""
-  sums = None
-  rng = jax.random.key(seed + _EVAL_SAMPLE_SEED)
-  for i, batch in enumerate(batches):
-    if max_steps is not None and i >= max_steps:
-      break
-    out = eval_step(state, partitioning.global_batch(batch, sharding),
-                    jax.random.fold_in(rng, i))
-    sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-  if sums is None:
-    raise ValueError("evaluation saw no batch")
-  sums = jax.device_get(sums)
-  result = {k: float(v) for k, v in _means(sums).items()}
-  result["num_examples"] = float(sums["count"])
-  return result
-
-
-def _unbox_without_constraints(tree):
-  """Strips logical-axis boxes (also from abstract values, which
-  ``nn.unbox`` would try to constrain)."""
-  is_box = lambda x: isinstance(x, flax.core.meta.AxisMetadata)
-  return jax.tree.map(
-      lambda x: x.unbox(apply_constraint=False) if is_box(x) else x, tree,
-      is_leaf=is_box)
-
-
-def _abstract(tree, shardings):
-  return jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-      tree, shardings)
-
+# The step-level API, also reachable from here.
+TrainState = steps.TrainState
+best_metric = steps.best_metric
+dummy_inputs = steps.dummy_inputs
+evaluate = steps.evaluate
 
 # Errors that end a run with a message naming the cause (python -m train
 # prints them in one line).
@@ -294,7 +62,7 @@ RUN_ERRORS = (checks.ConfigError, nonfinite.NonFiniteError,
               provenance.StaleDataError)
 
 # ``hook(step, state)``: see ``train_and_evaluate``'s ``hooks``.
-StepHook = Callable[[int, TrainState], None]
+StepHook = Callable[[int, steps.TrainState], None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -314,10 +82,11 @@ class _Setup:
   mesh: jax.sharding.Mesh
   rules: tuple  # Logical axis rules.
   data_sharding: jax.sharding.NamedSharding
-  abstract_state: TrainState  # Shapes, dtypes and shardings to restore into.
-  init_state: Callable[[], TrainState]  # The step-0 state, on the mesh.
+  # Shapes, dtypes and shardings to restore into.
+  abstract_state: steps.TrainState
+  init_state: Callable[[], steps.TrainState]  # The step-0 state, on the mesh.
   dropout_rng: jax.Array  # A fresh run's dropout key.
-  train_step: Callable  # Jitted make_train_step and make_eval_step.
+  train_step: Callable  # Jitted steps.make_train_step and steps.make_eval_step.
   eval_step: Callable
   is_main: bool  # Process 0 writes the logs and test_metrics.json.
   # Names of the leaves the train step's health flags refer to.
@@ -339,8 +108,8 @@ def _setup(config: ml_collections.ConfigDict, devices) -> _Setup:
   model = models.build_model(config.model, info)
   tx, schedules, _ = optim_lib.make_optimizer(
       config.optim, total_steps, steps_per_epoch=steps_per_epoch,
-      mixer_groups=_mixer_groups(config.model, info))
-  metric_name, metric_mode = best_metric(config, info)
+      mixer_groups=steps.mixer_groups(config.model, info))
+  metric_name, metric_mode = steps.best_metric(config, info)
 
   mesh = partitioning.make_mesh(config.mesh, devices)
   rules = partitioning.axis_rules(config.mesh)
@@ -359,7 +128,7 @@ def _setup(config: ml_collections.ConfigDict, devices) -> _Setup:
   def init_variables(rng):
     dummy = {k: jnp.zeros((1,) + v.shape, v.dtype) for k, v in spec.items()}
     dummy["mask"] = jnp.ones((1,) + spec["mask"].shape, bool)
-    args, kwargs = _model_args(dummy, info)
+    args, kwargs = steps.model_args(dummy, info)
     params_rng, dropout_init_rng = jax.random.split(rng)
     return model.init({"params": params_rng, "dropout": dropout_init_rng,
                        "sample": dropout_init_rng}, *args, train=False,
@@ -368,7 +137,7 @@ def _setup(config: ml_collections.ConfigDict, devices) -> _Setup:
   def create_state(rng):
     variables = nn.unbox(init_variables(rng))
     params = variables["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+    return steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       batch_stats=variables.get("batch_stats", {}),
                       constants=variables.get("constants", {}),
                       opt_state=tx.init(params))
@@ -376,24 +145,24 @@ def _setup(config: ml_collections.ConfigDict, devices) -> _Setup:
   with partitioning.mesh_context(mesh, rules):
     boxed = jax.eval_shape(init_variables, init_rng)
     var_shardings = partitioning.variables_sharding(boxed, mesh, rules)
-    abstract_vars = _unbox_without_constraints(boxed)
+    abstract_vars = steps.unbox_without_constraints(boxed)
     params_sharding = var_shardings["params"]
     abstract_opt = jax.eval_shape(tx.init, abstract_vars["params"])
     opt_sharding = partitioning.like_params_sharding(
         abstract_opt, abstract_vars["params"], params_sharding, replicated)
-    state_sharding = TrainState(
+    state_sharding = steps.TrainState(
         step=replicated, params=params_sharding,
         batch_stats=var_shardings.get("batch_stats", {}),
         constants=var_shardings.get("constants", {}),
         opt_state=opt_sharding)
-    abstract_state = _abstract(jax.eval_shape(create_state, init_rng),
-                               state_sharding)
+    abstract_state = steps.abstract_like(
+        jax.eval_shape(create_state, init_rng), state_sharding)
   train_step = jax.jit(
-      make_train_step(model, tx, info),
+      steps.make_train_step(model, tx, info),
       in_shardings=(state_sharding, data_sharding, replicated),
       out_shardings=(state_sharding, replicated, replicated),
       donate_argnums=(0,))
-  eval_step = jax.jit(make_eval_step(model, info),
+  eval_step = jax.jit(steps.make_eval_step(model, info),
                       in_shardings=(state_sharding, data_sharding, replicated),
                       out_shardings=replicated)
   init_state = functools.partial(
@@ -418,7 +187,7 @@ def _setup(config: ml_collections.ConfigDict, devices) -> _Setup:
 @dataclasses.dataclass
 class _Run:
   """What the loop advances and checkpoints, and where it writes."""
-  state: TrainState
+  state: steps.TrainState
   dropout_rng: jax.Array
   # Early stopping: the best validation value so far, the evaluations since
   # it, and whether the run has stopped (all saved with each checkpoint).
@@ -564,9 +333,9 @@ def _evaluate_validation(setup: _Setup, run: _Run, step: int) -> bool:
   """Evaluates ``run.state`` on the validation split, logs it, saves it if it
   is the best so far; returns whether early stopping ends the run here."""
   config = setup.config
-  run.validation = evaluate(setup.eval_step, run.state, setup.val_batches,
-                            setup.data_sharding, config.train.eval_steps,
-                            seed=config.seed)
+  run.validation = steps.evaluate(
+      setup.eval_step, run.state, setup.val_batches, setup.data_sharding,
+      config.train.eval_steps, seed=config.seed)
   nonfinite.check_metrics(f"validation at step {step}", run.validation)
   run.writer.write(step, "validation", run.validation)
   value = run.validation[setup.metric_name]
@@ -706,8 +475,8 @@ def _final_evaluation(setup: _Setup, run: _Run, workdir: str) -> dict:
             state=ocp.args.StandardRestore(setup.abstract_state)))["state"]
   test_batches = pipeline.make_eval_iterable(
       setup.task, config.data, "test", source=setup.sources["test"])
-  test = evaluate(setup.eval_step, test_state, test_batches,
-                  setup.data_sharding, seed=config.seed)
+  test = steps.evaluate(setup.eval_step, test_state, test_batches,
+                        setup.data_sharding, seed=config.seed)
   # The step is the evaluated checkpoint's (the best validation one).
   test_step = int(jax.device_get(test_state.step))
   nonfinite.check_metrics(f"test of the step-{test_step} checkpoint", test)
@@ -735,7 +504,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     devices: devices for the mesh (default: all of ``jax.devices()``).
     hooks: ``hook(step, state)`` callables, called after every step once its
       checkpoint, if it has one, has started writing (tests kill a run there).
-      ``state`` is that step's ``TrainState``; the next step donates it.
+      ``state`` is that step's ``steps.TrainState``; the next step donates it.
 
   Returns:
     ``{"step", "validation": last validation metrics, "stopped_early",
@@ -788,14 +557,14 @@ def restore_model(config: ml_collections.ConfigDict, workdir: str, *,
   model = models.build_model(config.model, info)
   tx, _, _ = optim_lib.make_optimizer(
       config.optim, max(config.optim.warmup_steps + 1, 2), steps_per_epoch=1,
-      mixer_groups=_mixer_groups(config.model, info))
-  args, kwargs = _model_args(dummy_inputs(info), info)
+      mixer_groups=steps.mixer_groups(config.model, info))
+  args, kwargs = steps.model_args(steps.dummy_inputs(info), info)
 
   def create_state(rng):
-    variables = _unbox_without_constraints(model.init(
+    variables = steps.unbox_without_constraints(model.init(
         {"params": rng, "dropout": rng, "sample": rng}, *args, train=False,
         **kwargs))
-    return TrainState(step=jnp.zeros((), jnp.int32),
+    return steps.TrainState(step=jnp.zeros((), jnp.int32),
                       params=variables["params"],
                       batch_stats=variables.get("batch_stats", {}),
                       constants=variables.get("constants", {}),
@@ -807,7 +576,7 @@ def restore_model(config: ml_collections.ConfigDict, workdir: str, *,
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
       abstract)
   directory = os.path.join(workdir, "checkpoints_best" if best else "checkpoints")
-  metric_name, metric_mode = best_metric(config, info)
+  metric_name, metric_mode = steps.best_metric(config, info)
   manager = checkpoints.manager(directory, max_to_keep=1, best=best,
                                 metric=metric_name, mode=metric_mode)
   step = manager.best_step() if best else manager.latest_step()
@@ -817,4 +586,4 @@ def restore_model(config: ml_collections.ConfigDict, workdir: str, *,
   state = checkpoints.restore_verified(manager, step, ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract)))["state"]
   manager.close()
-  return model, _variables(state), int(step)
+  return model, steps.variables_of(state), int(step)
