@@ -11,10 +11,10 @@ import os
 import pathlib
 from typing import Any
 
-from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
+from data import builder_base
 from data import provenance
 from data import tasks
 from data.ett import (COLUMNS, NAMES, SPLITS, URL, EttOptions, read_csv, rows_per_hour,
@@ -42,7 +42,7 @@ class EttConfig(tfds.core.BuilderConfig):
   """One ETT file."""
 
 
-class Ett(tfds.core.GeneratorBasedBuilder):
+class Ett(builder_base.Builder):
   """ETT raw rows per split (see the module docstring)."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -55,11 +55,6 @@ class Ett(tfds.core.GeneratorBasedBuilder):
   ]
   DEFAULT_BUILDER_CONFIG_NAME = "ETTh1"
 
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls) -> epath.Path:
-    # TFDS's default probes `importlib_resources`, not installed here.
-    return epath.Path(__file__)
 
   def __init__(self, *, manual_dir: str | os.PathLike | None = None, **kwargs):
     """``manual_dir``: folder holding ``<name>.csv``; None downloads it."""

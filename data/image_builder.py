@@ -16,10 +16,10 @@ import pathlib
 import pickle
 from typing import Any, Iterator
 
-from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
+from data import builder_base
 from data import provenance
 from data import tasks
 
@@ -66,18 +66,13 @@ def read_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
   return images, labels
 
 
-class LraImage(tfds.core.GeneratorBasedBuilder):
+class LraImage(builder_base.Builder):
   """CIFAR-10 RGB images and labels, in the python batches' order."""
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "cifar-10-batches-py, train and test."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = _MANUAL
 
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls) -> epath.Path:
-    # TFDS's default probes `importlib_resources`, not installed here.
-    return epath.Path(__file__)
 
   def __init__(self, *, source_dir: str | os.PathLike | None = None, **kwargs):
     self._source_dir = source_dir

@@ -14,10 +14,10 @@ import os
 import pathlib
 from typing import Any
 
-from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
+from data import builder_base
 from data import provenance
 from data import release
 from data import tasks
@@ -91,7 +91,7 @@ _GENERATED_DEFAULT_CONFIG = ListopsConfig.generated(
     seed=0, options=GeneratorOptions())
 
 
-class LraListops(tfds.core.GeneratorBasedBuilder):
+class LraListops(builder_base.Builder):
   """LRA ListOps as int32 token ids (``listops_gen.VOCAB``) and a 0..9 target."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -100,12 +100,6 @@ class LraListops(tfds.core.GeneratorBasedBuilder):
   BUILDER_CONFIGS = [_OFFICIAL_CONFIG, _GENERATED_DEFAULT_CONFIG]
   DEFAULT_BUILDER_CONFIG_NAME = "official"
 
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls) -> epath.Path:
-    # TFDS's default probes `importlib_resources`, a backport this project does
-    # not install; the builder is this plain file.
-    return epath.Path(__file__)
 
   def __init__(self, *, generate_workers: int = 1, **kwargs):
     self._generate_workers = generate_workers

@@ -30,11 +30,11 @@ import re
 from typing import Any, Iterator, Mapping
 
 from absl import logging
-from etils import epath
 import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from data import builder_base
 from data import pathfinder_write
 from data import provenance
 from data import release
@@ -250,7 +250,7 @@ class PathfinderConfig(tfds.core.BuilderConfig):
     self.seed, self.generate_workers = seed, generate_workers
 
 
-class Pathfinder(tfds.core.GeneratorBasedBuilder):
+class Pathfinder(builder_base.Builder):
   """Pathfinder (Linsley et al. 2018) at 32..256 pixels, as in the LRA release."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -263,12 +263,6 @@ class Pathfinder(tfds.core.GeneratorBasedBuilder):
   Configs named *_gen_* generate the data instead (data.pathfinder_write).
   """
 
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls) -> epath.Path:
-    # TFDS's default probes `importlib_resources`, a backport this project does not
-    # install; the builder is this plain file.
-    return epath.Path(__file__)
 
   def _info(self) -> tfds.core.DatasetInfo:
     n = self.builder_config.resolution

@@ -14,10 +14,10 @@ import os
 import pathlib
 from typing import Any, Iterator
 
-from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
+from data import builder_base
 from data import provenance
 from data import release
 from data import tasks
@@ -69,7 +69,7 @@ def read_tsv(path: str | os.PathLike) -> Iterator[tuple[int, int, bytes, bytes]]
     raise ValueError(f"{path}:1: no pairs (empty file)")
 
 
-class LraRetrieval(tfds.core.GeneratorBasedBuilder):
+class LraRetrieval(builder_base.Builder):
   """LRA Retrieval: two byte-id documents and whether they are linked."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -78,11 +78,6 @@ class LraRetrieval(tfds.core.GeneratorBasedBuilder):
       "Download lra_release.gz from github.com/google-research/long-range-"
       "arena, extract it and set data.manual_dir to it.")
 
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls) -> epath.Path:
-    # TFDS's default probes `importlib_resources`, not installed here.
-    return epath.Path(__file__)
 
   def _info(self) -> tfds.core.DatasetInfo:
     ids = tfds.features.Tensor(shape=(None,), dtype=np.int32)

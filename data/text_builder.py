@@ -16,10 +16,10 @@ import pathlib
 import re
 from typing import Any, Iterator
 
-from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
+from data import builder_base
 from data import provenance
 from data import tasks
 from data import text
@@ -82,18 +82,13 @@ def read_review(path: str | os.PathLike) -> bytes:
   return data
 
 
-class LraText(tfds.core.GeneratorBasedBuilder):
+class LraText(builder_base.Builder):
   """LRA Text: IMDB reviews as int32 byte ids and a neg/pos label."""
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "aclImdb train/test, byte + 1 ids."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = _MANUAL
 
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls) -> epath.Path:
-    # TFDS's default probes `importlib_resources`, not installed here.
-    return epath.Path(__file__)
 
   def __init__(self, *, source_dir: str | os.PathLike | None = None, **kwargs):
     """``source_dir``: the ``aclImdb`` folder; None downloads it."""
