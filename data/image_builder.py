@@ -20,8 +20,6 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from data import builder_base
-from data import provenance
-from data import tasks
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 FOLDER = "cifar-10-batches-py"
@@ -66,17 +64,15 @@ def read_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
   return images, labels
 
 
-class LraImage(builder_base.Builder):
+class LraImage(builder_base.FolderBuilder):
   """CIFAR-10 RGB images and labels, in the python batches' order."""
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "cifar-10-batches-py, train and test."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = _MANUAL
-
-
-  def __init__(self, *, source_dir: str | os.PathLike | None = None, **kwargs):
-    self._source_dir = source_dir
-    super().__init__(**kwargs)
+  URL = URL
+  SPLITS = tuple(BATCHES)
+  find_folder = staticmethod(find_folder)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
@@ -88,12 +84,6 @@ class LraImage(builder_base.Builder):
         supervised_keys=("image", "label"),
         homepage="https://www.cs.toronto.edu/~kriz/cifar.html")
 
-  def _split_generators(self, dl_manager):
-    folder = self._source_dir
-    if folder is None:
-      folder = find_folder(dl_manager.download_and_extract(URL))
-    return {split: self._generate_examples(folder, split) for split in BATCHES}
-
   def _generate_examples(self, folder, split) -> Iterator[tuple[int, dict]]:
     index = 0  # The key orders the examples as the files do.
     for name in BATCHES[split]:
@@ -104,20 +94,11 @@ class LraImage(builder_base.Builder):
 
 
 def make_builder(data_config: Any) -> LraImage:
-  manual_dir = tasks.config_field(data_config, "manual_dir")
-  return LraImage(source_dir=find_folder(manual_dir) if manual_dir else None,
-                  data_dir=tasks.config_field(data_config, "data_dir"),
-                  file_format="array_record")
+  return builder_base.make_folder_builder(LraImage, data_config)
 
 
 def prepare(data_config: Any) -> LraImage:
-  builder = make_builder(data_config)
-  manual_dir = tasks.config_field(data_config, "manual_dir")
-  if manual_dir:
-    folder = find_folder(manual_dir)
-    source = provenance.manual_source(
-        manual_dir, [folder / n for split in BATCHES.values() for n in split])
-  else:
-    source = {"download": URL}
-  provenance.prepare(builder, source, builder.download_and_prepare)
-  return builder
+  """Builds the data set if it is missing and returns its builder."""
+  return builder_base.prepare_folder(
+      LraImage, data_config,
+      lambda folder: [folder / n for names in BATCHES.values() for n in names])

@@ -20,8 +20,6 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from data import builder_base
-from data import provenance
-from data import tasks
 from data import text
 
 URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
@@ -82,18 +80,15 @@ def read_review(path: str | os.PathLike) -> bytes:
   return data
 
 
-class LraText(builder_base.Builder):
+class LraText(builder_base.FolderBuilder):
   """LRA Text: IMDB reviews as int32 byte ids and a neg/pos label."""
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "aclImdb train/test, byte + 1 ids."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = _MANUAL
-
-
-  def __init__(self, *, source_dir: str | os.PathLike | None = None, **kwargs):
-    """``source_dir``: the ``aclImdb`` folder; None downloads it."""
-    self._source_dir = source_dir
-    super().__init__(**kwargs)
+  URL = URL
+  SPLITS = SPLITS
+  find_folder = staticmethod(find_folder)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
@@ -106,12 +101,6 @@ class LraText(builder_base.Builder):
         supervised_keys=("inputs", "targets"),
         homepage="https://ai.stanford.edu/~amaas/data/sentiment/")
 
-  def _split_generators(self, dl_manager):
-    folder = self._source_dir
-    if folder is None:
-      folder = find_folder(dl_manager.download_and_extract(URL))
-    return {split: self._generate_examples(folder, split) for split in SPLITS}
-
   def _generate_examples(self, folder, split) -> Iterator[tuple[str, dict]]:
     for path, label in review_files(folder, split):
       yield f"{split}/{LABELS[label]}/{path.name}", {
@@ -119,23 +108,12 @@ class LraText(builder_base.Builder):
 
 
 def make_builder(data_config: Any) -> LraText:
-  manual_dir = tasks.config_field(data_config, "manual_dir")
-  return LraText(
-      source_dir=find_folder(manual_dir) if manual_dir else None,
-      data_dir=tasks.config_field(data_config, "data_dir"),
-      file_format="array_record")
+  return builder_base.make_folder_builder(LraText, data_config)
 
 
 def prepare(data_config: Any) -> LraText:
   """Builds the data set if it is missing (recording its source) and returns
   its builder."""
-  builder = make_builder(data_config)
-  manual_dir = tasks.config_field(data_config, "manual_dir")
-  if manual_dir:
-    folder = find_folder(manual_dir)
-    source = provenance.manual_source(
-        manual_dir, [folder / s / label for s in SPLITS for label in LABELS])
-  else:
-    source = {"download": URL}
-  provenance.prepare(builder, source, builder.download_and_prepare)
-  return builder
+  return builder_base.prepare_folder(
+      LraText, data_config,
+      lambda folder: [folder / s / label for s in SPLITS for label in LABELS])
